@@ -1,0 +1,139 @@
+"""The AbsenceBench tasks inside the real lm-eval: CLI runs, data switches, budgets, log samples."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from absence_tasks.generate import SHARED_PRS, generate_instances
+from absence_tasks.lm_eval_tasks import generation_budget, load_instances_for_task, micro_f1_aggregation
+from absence_tasks.schema import DataError, write_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = str(ROOT / "task_configs")
+pytestmark = pytest.mark.skipif(not SHARED_PRS.is_dir(), reason="github_prs tasks read ../shared/data/prs")
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {**os.environ, "REVERSE_NEEDLE_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run(cmd, env, cwd):
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def results_of(out_dir: Path, key: str = "results") -> dict:
+    (path,) = out_dir.rglob("results_*.json")
+    return json.loads(path.read_text())[key]
+
+
+def samples_of(out_dir: Path, task: str) -> list[dict]:
+    (path,) = out_dir.rglob(f"samples_{task}_2*.jsonl")  # 2…: the date, not a longer task name
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_oracle_scores_one_on_every_task_through_the_cli(tmp_path, env):
+    out = tmp_path / "oracle"
+    run(["absence-lm-eval", "--include_path", TASKS, "--tasks", "absencebench", "absencebench_placeholder",
+         "absencebench_needle", "--model", "absence-oracle", "--metadata", json.dumps({"n": 12}),
+         "--output_path", str(out), "--log_samples"], env, tmp_path)
+    results = results_of(out)
+    tasks = [t for t in results if t.startswith("absence_")]
+    assert len(tasks) == 9
+    for task in tasks:
+        assert results[task]["f1,none"] == 1.0 and results[task]["micro_f1,none"] == 1.0, task
+    for group in ("absencebench", "absencebench_placeholder", "absencebench_needle"):
+        assert results[group]["f1,none"] == 1.0
+    sample = samples_of(out, "absence_poetry")[0]
+    assert sample["micro_f1"]["fp"] == 0 and sample["micro_f1"]["fn"] == 0
+    assert sample["micro_f1"]["matched_lines"] == sample["micro_f1"]["parsed_lines"]
+
+
+def test_empty_answers_score_zero(tmp_path, env):
+    out = tmp_path / "empty"
+    run(["absence-lm-eval", "--include_path", TASKS, "--tasks", "absencebench", "--model", "absence-empty",
+         "--metadata", json.dumps({"n": 8}), "--output_path", str(out)], env, tmp_path)
+    results = results_of(out)
+    assert results["absencebench"]["f1,none"] == 0.0
+    assert all(results[t]["recall,none"] == 0.0 for t in ("absence_numerical", "absence_poetry", "absence_github_prs"))
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["raw", "chat-template"])
+def test_plain_lm_eval_with_an_hf_model(tmp_path, env, tiny_llama_dir, chat):
+    """The README's invocation, on a tiny random Llama: the run completes and reports every metric."""
+    out = tmp_path / "hf"
+    cmd = ["lm_eval", "--include_path", TASKS, "--tasks", "absence_poetry", "absence_numerical",
+           "--model", "hf", "--model_args", f"pretrained={tiny_llama_dir},dtype=float32",
+           "--metadata", json.dumps({"n": 3}), "--output_path", str(out), "--log_samples"]
+    run(cmd + (["--apply_chat_template"] if chat else []), env, tmp_path)
+    results = results_of(out)
+    for task in ("absence_poetry", "absence_numerical"):
+        for metric in ("f1", "precision", "recall", "micro_f1"):
+            assert 0.0 <= results[task][f"{metric},none"] <= 1.0
+        assert "f1_stderr,none" in results[task]
+    samples = samples_of(out, "absence_poetry")
+    assert len(samples) == 3
+    prompt = samples[0]["arguments"]["gen_args_0"]["arg_0"]
+    assert "Here is the complete original poem:" in prompt
+    assert ("<|im_start|>user" in prompt) == chat
+    # Each request carries its own budget, the one stored with the doc.
+    assert all(s["arguments"]["gen_args_0"]["arg_1"]["max_gen_toks"] == s["doc"]["max_gen_toks"] for s in samples)
+
+
+def test_data_file_switch_accepts_our_and_upstream_files(tmp_path, env):
+    instances = generate_instances("poetry", "omission", 5, "test", seed=9, progress=False)
+    ours = tmp_path / "held_out.jsonl"
+    write_jsonl(ours, instances)
+    from absence_tasks import upstream
+
+    theirs = tmp_path / "poetry_upstream.jsonl"
+    upstream.write_upstream(theirs, instances)
+    for path in (ours, theirs):
+        out = tmp_path / f"out_{path.stem}"
+        run(["absence-lm-eval", "--include_path", TASKS, "--tasks", "absence_poetry", "--model", "absence-oracle",
+             "--metadata", json.dumps({"data_file": str(path)}), "--output_path", str(out)], env, tmp_path)
+        assert results_of(out)["absence_poetry"]["f1,none"] == 1.0
+        assert results_of(out, "n-samples")["absence_poetry"]["effective"] == 5
+
+
+def test_data_file_of_another_variant_is_refused(tmp_path):
+    path = tmp_path / "needles.jsonl"
+    write_jsonl(path, generate_instances("poetry", "needle", 2, progress=False))
+    with pytest.raises(DataError, match="holds poetry/needle instances; this task expects poetry/omission"):
+        load_instances_for_task("poetry", "omission", data_file=str(path))
+
+
+def test_generated_sets_are_cached_and_identical(tmp_path, monkeypatch):
+    monkeypatch.setenv("REVERSE_NEEDLE_CACHE", str(tmp_path))
+    first = load_instances_for_task("numerical", "omission", n=7, seed=2)
+    cached = list((tmp_path / "datasets").glob("numerical_omission_test_n7_s2_*.jsonl"))
+    assert len(cached) == 1
+    assert load_instances_for_task("numerical", "omission", n=7, seed=2) == first
+
+
+def test_unknown_source_is_an_error():
+    with pytest.raises(DataError, match="unknown data source"):
+        load_instances_for_task("poetry", "omission", source="internet")
+
+
+def test_generation_budget_grows_with_the_lines_to_list():
+    from absence_tasks.schema import Instance
+
+    lines = [f"line number {i} " + "x" * 60 for i in range(40)]
+    one = Instance("a", "poetry", "omission", "test", lines, lines[1:], [0])
+    many = Instance("b", "poetry", "omission", "test", lines, lines[20:], list(range(20)))
+    assert 64 <= generation_budget(one) < generation_budget(many) <= 4096
+    assert generation_budget(many) >= 20 * 70 // 2  # room for twenty ~70-character lines
+    assert bin(generation_budget(many)).count("1") == 1  # powers of two batch together
+
+
+def test_micro_f1_aggregation_sums_counts():
+    items = [{"tp": 1, "fp": 0, "fn": 0}, {"tp": 0, "fp": 1, "fn": 2}]
+    assert micro_f1_aggregation(items) == pytest.approx(2 / (2 + 1 + 2))
