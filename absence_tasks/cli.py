@@ -22,7 +22,7 @@ def load_instances(path: str | Path, domain: str | None = None) -> list[Instance
     first = next(iter_json_records(path), None)
     if first is None:
         raise DataError(f"{path}: no records in file")
-    if "original_lines" in first[1]:
+    if {"original_lines", "modified_lines", "domain", "variant"} & set(first[1]):
         return read_jsonl(path)
     from absence_tasks import upstream
 

@@ -28,7 +28,7 @@ from absence_tasks.schema import PLACEHOLDER, DataError, Instance, from_hf_datas
 from absence_tasks.scoring import score_response
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-MIN_GEN_TOKS, MAX_GEN_TOKS = 64, 4096
+MIN_GEN_TOKS, MAX_GEN_TOKS, GEN_TOKS_STEP = 64, 4096, 64
 
 
 def cache_dir() -> Path:
@@ -48,17 +48,19 @@ def _generator_fingerprint() -> str:
 def generation_budget(instance: Instance) -> int:
     """max_gen_toks for one instance, from what the model itself can see: how many lines are missing
     (placeholders, or the length difference of the two documents) times the length of the longest
-    lines that could be the answer, with room for list decoration; rounded up to a power of two so
-    requests fall into a few groups that backends can batch."""
+    lines that could be the answer, plus room for list decoration; rounded up to a multiple of
+    `GEN_TOKS_STEP` so requests fall into a few groups that backends can batch. Small models often
+    never stop on their own, so this budget is most of an evaluation's cost."""
     if instance.variant == "placeholder":
         n_lines = sum(1 for x in instance.modified_lines if x == PLACEHOLDER)
     else:
         n_lines = abs(len(instance.original_lines) - len(instance.modified_lines))
     pool = instance.modified_lines if instance.variant == "needle" else instance.original_lines
     longest = sorted((len(x) for x in pool), reverse=True)[:max(n_lines, 1)]
-    # ~2 characters per token is a safe over-estimate for digits, verse and code in SmolLM2's BPE.
-    estimate = 16 + sum(chars // 2 + 4 for chars in longest)
-    return min(MAX_GEN_TOKS, max(MIN_GEN_TOKS, 2 ** math.ceil(math.log2(estimate))))
+    # Short lines (numbers) may cost a token per character (many BPEs split digits); long lines of
+    # verse or code average well over 3 characters per token. +1 or +8 covers the newline and a bullet.
+    estimate = 16 + sum(min(chars + 1, chars // 3 + 8) for chars in longest)
+    return min(MAX_GEN_TOKS, max(MIN_GEN_TOKS, GEN_TOKS_STEP * math.ceil(estimate / GEN_TOKS_STEP)))
 
 
 def _check_kind(instances: list[Instance], domain: str, variant: str, where: str) -> list[Instance]:
