@@ -8,10 +8,10 @@ Matching rule (documented in the README):
 * Response lines are cleaned of list decoration (bullets, numbering, quotes, code fences), but a
   cleaning step is only taken when the raw line is not itself a line of the document — so a diff
   line's own leading `-` or `+` survives, while a bullet in front of a poem line goes.
-* Each gold line can be matched once. A response line that equals a document line but is not (or no
-  longer) an unmatched gold line is a false positive; a response line that matches nothing in the
-  documents (chatter such as "Here are the missing lines:") is reported as `unmatched` and, like
-  upstream, not counted.
+* The answer is a set of lines: a repeated response line counts once. A response line that equals
+  a gold line is a true positive; one that equals another document line is a false positive; one
+  that matches nothing in the documents (chatter such as "Here are the missing lines:") is reported
+  as `unmatched` and, like upstream, not counted.
 * Instances with nothing to find keep upstream's rule: score = 1 - fp / len(original_lines).
 """
 
@@ -124,7 +124,9 @@ def score_lines(predicted: Sequence[str], gold: Sequence[str], document_lines: I
     gold_left = Counter(normalize_line(g) for g in gold)
     document = {normalize_line(x) for x in document_lines}
     matched, false_pos, unmatched = [], [], []
-    for line in predicted:
+    # The answer is a set of lines: saying a line twice neither earns nor costs more (a model stuck in
+    # a loop gets one false positive per wrong line, not one per repetition).
+    for line in dict.fromkeys(predicted):
         if gold_left[line] > 0:
             gold_left[line] -= 1
             matched.append(line)

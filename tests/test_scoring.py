@@ -73,10 +73,11 @@ def test_perfect_empty_and_wrong_answers():
     assert wrong.false_positive_lines == ["the stars are out"]
 
 
-def test_repeated_gold_line_counts_once():
+def test_repeated_lines_count_once():
     s = score_response(NIGHT, "and the night is long and cold\nand the night is long and cold")
-    assert (s.tp, s.fp, s.fn) == (1, 1, 0)
-    assert s.f1 == pytest.approx(2 / 3)
+    assert (s.tp, s.fp, s.fn, s.f1) == (1, 0, 0, 1.0)
+    looping = score_response(NIGHT, "\n".join(["the stars are out"] * 50 + ["and the night is long and cold"]))
+    assert (looping.tp, looping.fp, looping.fn) == (1, 1, 0)
 
 
 def test_chatter_is_unmatched_not_false_positive():
