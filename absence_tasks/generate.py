@@ -316,11 +316,12 @@ def build_instance(doc: Document, variant: str, split: str, instance_id: str, rn
             if i < len(doc.lines):
                 modified.append(doc.lines[i])
         return Instance(instance_id, doc.domain, variant, split, doc.lines, modified, (), inserted, metadata)
-    gone = set(omitted) | set(dropped)
+    # Dropped context lines vanish outright in both variants: placeholders mark exactly what to list.
+    kept = [(i, x) for i, x in enumerate(doc.lines) if i not in set(dropped)]
     if variant == "placeholder":
-        modified = [PLACEHOLDER if i in gone else x for i, x in enumerate(doc.lines)]
+        modified = [PLACEHOLDER if i in set(omitted) else x for i, x in kept]
     else:
-        modified = [x for i, x in enumerate(doc.lines) if i not in gone]
+        modified = [x for i, x in kept if i not in set(omitted)]
     return Instance(instance_id, doc.domain, variant, split, doc.lines, modified, omitted, (), metadata)
 
 

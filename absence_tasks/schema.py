@@ -143,10 +143,10 @@ def validate(inst: Instance) -> None:
     else:
         if inst.inserted_indices:
             raise DataError(f"instance {inst.id}: only needle instances have inserted_indices")
-        # github_prs in upstream's context-deletion mode also drops unscored context lines.
+        # Diffs may also lose unscored lines outright (upstream's context-deletion mode; upstream files
+        # also drop repeated lines): they are listed in metadata["dropped_context_indices"].
         dropped = len(inst.metadata.get("dropped_context_indices", ()))
-        expected = (len(inst.original_lines) - len(inst.omitted_indices) - dropped
-                    if inst.variant == "omission" else len(inst.original_lines))
+        expected = len(inst.original_lines) - dropped - (len(inst.omitted_indices) if inst.variant == "omission" else 0)
         if len(inst.modified_lines) != expected:
             raise DataError(f"instance {inst.id}: modified_lines has {len(inst.modified_lines)} lines, "
                             f"expected {expected} for the {inst.variant} variant")

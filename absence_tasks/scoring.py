@@ -206,8 +206,9 @@ def oracle_answer(instance: Instance) -> str:
     """Solve an instance by reading both documents with difflib, as a perfect model would.
 
     Omission/placeholder: the original lines the modified document lacks. Needle: the modified lines
-    the original lacks. For diffs only changed lines are the question's subject, so removed context
-    lines (upstream's context-deletion mode) are not reported. The oracle never sees the indices."""
+    the original lacks. For diffs only changed lines that occur once are the question's subject, so
+    removed context lines (upstream's context-deletion mode) are not reported. The oracle never sees
+    the indices."""
     if instance.variant == "needle":
         a, b = instance.original_lines, instance.modified_lines
     else:
@@ -222,7 +223,10 @@ def oracle_answer(instance: Instance) -> str:
         elif instance.variant != "needle" and tag in ("delete", "replace"):
             found.extend(a[i1:i2])
     if instance.domain == "github_prs":
-        found = [x for x in found if _is_changed_diff_line(x)]
+        # A line that occurs twice in a diff is never an answer (which copy would it be?); upstream's
+        # files drop such lines from the modified diff without asking about them.
+        counts = Counter(normalize_line(x) for x in (b if instance.variant == "needle" else a))
+        found = [x for x in found if _is_changed_diff_line(x) and counts[normalize_line(x)] == 1]
     return "\n".join(found)
 
 
