@@ -1,4 +1,4 @@
-"""Upstream AbsenceBench's JSONL format, in and out, and its Hugging Face dataset.
+r"""Upstream AbsenceBench's JSONL format, in and out, and its Hugging Face dataset.
 
 Upstream (github.com/harvey-fin/absence-bench; hub dataset `harveyfin/AbsenceBench`) keeps one JSONL
 file per domain, one record per instance, under one of two namings:
@@ -18,31 +18,33 @@ file per domain, one record per instance, under one of two namings:
   inserted lines) instead. The field names do not tell the domain, so it must be passed in (or the
   record's `metadata.task_type` must name it, as upstream's numerical metadata and our needle files do).
 
-Every record may carry a `metadata` object. A text is split into lines on "\\n"; a list holds one
+Every record may carry a `metadata` object. A text is split into lines on "\n"; a list holds one
 element per line. In placeholder files the modified text has the marker `PLACEHOLDER` in place of
 each omitted line.
 
 Reading checks that a record is what it claims (the omitted lines are the original's lines at the
-indices; the modified text is the original minus, or with markers for, exactly those lines; the
-needles are inserted lines) and raises `DataError` naming file, line and problem otherwise. What it
-does about the quirks of upstream's own data:
+indices; the modified text is the original without, or with markers for, exactly those lines; the
+needles are inserted lines) and raises `DataError` naming file, line and problem otherwise. Texts are
+split on "\n", as upstream's scorer splits them. What the reader does about upstream's own data:
 
-1. Final newline. Upstream's PR generator splits a diff with `str.splitlines()`, which yields no empty
-   last line for a diff ending in "\\n", and writes the modified diff without it, while upstream's
-   scorer (and we) split on "\\n". So when the original text ends in "\\n", the modified text does not,
-   and that empty last line is not listed as omitted, the empty line is dropped from the original.
-2. Other line breaks. For the same reason, in a diff holding "\\r\\n", form feeds or other characters
-   that `str.splitlines()` breaks at, upstream's indices and omitted texts do not fit a split on
-   "\\n". A record that does not check out split on "\\n" is retried split the generator's way
-   (`str.splitlines()`); when that fits, the instance uses those lines and its metadata records
+1. Unrecorded deletions in diffs. Upstream's PR generator deletes, besides the changed lines it
+   records, context lines (its context-deletion mode) and every line that occurs more than once in
+   the diff, without recording either; and it splits with `str.splitlines()`, so a diff's final
+   newline leaves no empty last line in the modified diff. So an original diff line missing from the
+   modified diff without being listed is accepted when upstream could have deleted it that way: it
+   occurs twice, or it is neither a `+`/`-` line nor a `diff --git`/`index `/`@@` header (the empty
+   line after a final newline is such a line). These lines go to `metadata["dropped_context_indices"]`:
+   deleted, not scored (the schema's convention). Other domains get no such leeway.
+2. Other line breaks. Because upstream's PR generator indexes `str.splitlines()` lines, a diff holding
+   "\r\n", form feeds or other characters `str.splitlines()` breaks at has indices and omitted texts
+   that do not fit a split on "\n". A record that does not check out split on "\n" is retried split
+   the generator's way; when that fits, the instance keeps those lines and its metadata records
    `"line_split": "splitlines"`.
-3. Context deletion. Upstream's PR generator also deletes context lines without recording them. Any
-   original line missing from the modified diff beyond the omitted ones must be a line that generator
-   may delete that way (not a `+`/`-` line, not a `diff --git`/`index `/`@@` header); such lines go to
-   `metadata["dropped_context_indices"]`, deleted but not scored (the schema's convention).
-4. Blank omitted lines. Upstream's poetry generator may omit a blank line; upstream's scorer skips
-   blank lines, and no answer can list one, so such lines are kept deleted but moved from the omitted
-   (scored) lines to `metadata["dropped_context_indices"]`.
+3. Omitted lines no answer can list. Upstream's poetry generator may omit a blank line (upstream's
+   scorer skips blank lines) or two copies of a repeated line (an answer is a set of lines: the text
+   is one answer). Such a line (blank, or repeating an earlier omitted line) stays deleted but moves
+   from the omitted lines to `metadata["dropped_context_indices"]`. A placeholder record cannot
+   express that (its marker asks for the line), so there it is an error.
 
 Numerical files are written with lists of strings, as upstream's generator writes lists: its scorer
 iterates `original_sequence` element by element and would read a text as single characters.
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +62,7 @@ from typing import Any
 
 from absence_tasks.schema import DOMAINS, PLACEHOLDER, VARIANTS, DataError, Instance, atomic_write_text, \
     iter_json_records
+from absence_tasks.scoring import normalize_line
 
 HF_DATASET = "harveyfin/AbsenceBench"
 # The hub dataset's one split; it is the benchmark's evaluation data, so its instances are labelled
@@ -79,12 +83,12 @@ class Naming:
     original: str
     modified: str
     indices: str | None      # indices of the omitted lines into the original's lines
-    omitted: str             # the omitted lines' text
+    omitted: str | None      # the omitted lines' text (upstream's poetry files have none)
     mask: str | None = None  # numerical: one bool per original element, True where it was kept
 
 
 PER_DOMAIN_NAMING = {
-    "poetry": Naming("original_poem", "modified_poem", "omitted_line_indices", "omitted_lines"),
+    "poetry": Naming("original_poem", "modified_poem", "omitted_line_indices", None),
     "numerical": Naming("original_sequence", "user_sequence", None, "omitted_sequence", mask="omitted_mask"),
     "github_prs": Naming("original_diff", "modified_diff", "omitted_index", "omitted_lines"),
 }
@@ -183,8 +187,8 @@ def _record_domain(record: Mapping[str, Any], named_domain: str | None, domain: 
     hint = metadata.get("task_type") if isinstance(metadata, Mapping) else None
     if hint in DOMAINS:
         return hint
-    raise DataError(f"the generic upstream fields ({GENERIC_NAMING.original}, ...) do not say the domain "
-                    f"and metadata.task_type does not name one; pass the domain (one of {', '.join(DOMAINS)})")
+    raise DataError(f"cannot tell the domain: the generic upstream fields ({GENERIC_NAMING.original}, ...) do "
+                    f"not name it, nor does metadata.task_type; pass it (one of {', '.join(DOMAINS)})")
 
 
 def _build_instance(*, record: Mapping[str, Any], domain: str, naming: Naming, variant: str | None, split: str,
@@ -200,21 +204,19 @@ def _build_instance(*, record: Mapping[str, Any], domain: str, naming: Naming, v
             raise DataError(f"a needle record needs a {NEEDLES_FIELD!r} field (the inserted lines)")
         inserted = needle_positions(original, modified, _elements(record, NEEDLES_FIELD))
         omitted: list[int] = []
-        dropped: list[int] = []
+        dropped = None
         used.add(NEEDLES_FIELD)
     else:
         listed = _listed_omissions(record, naming)
-        original = _without_final_newline(original, modified, listed)
         _check_indices(listed, len(original), naming.mask or naming.indices)
         if naming.mask is not None and len(record[naming.mask]) != len(original):
             raise DataError(f"{naming.mask} has {len(record[naming.mask])} entries for "
                             f"{len(original)} original elements")
-        if record.get(naming.omitted) is not None:
+        if naming.omitted is not None and record.get(naming.omitted) is not None:
             _check_omitted_texts(_elements(record, naming.omitted), original, listed, naming.omitted)
-        drop = _placeholder_drops if variant == "placeholder" else _omission_drops
-        blank = [i for i in listed if not original[i].strip()]
-        omitted = [i for i in listed if original[i].strip()]
-        dropped = sorted(blank + drop(original, modified, listed, domain))
+        omitted, unscored = _split_scored(original, listed, variant)
+        unrecorded = _unrecorded_drops(original, modified, listed, domain, marked=variant == "placeholder")
+        dropped = sorted(unscored + unrecorded)
         inserted = []
         used |= {name for name in (naming.indices, naming.omitted, naming.mask) if name}
     metadata = _metadata(record, used, record_id, source_file, dropped)
@@ -308,13 +310,22 @@ def _check_indices(indices: Sequence[int], n_lines: int, name: str | None) -> No
         raise DataError(f"field {name!r} points outside the original's {n_lines} lines (0..{n_lines - 1})")
 
 
-def _without_final_newline(original: list[str], modified: Sequence[str], listed: Sequence[int]) -> list[str]:
-    """Quirk 1 of the module docstring: the empty last "line" after a final newline that upstream's
-    splitlines-based generator never saw."""
-    if (len(original) > 1 and original[-1] == "" and len(original) - 1 not in listed
-            and (not modified or modified[-1] != "")):
-        return original[:-1]
-    return original
+def _split_scored(original: Sequence[str], listed: Sequence[int], variant: str) -> tuple[list[int], list[int]]:
+    """(scored, unscored) omitted indices. Quirk 3 of the module docstring: a blank omitted line, or
+    one repeating an earlier omitted line, cannot be (another) answer line."""
+    scored, unscored, seen = [], [], set()
+    for i in listed:
+        key = normalize_line(original[i])
+        if key and key not in seen:
+            scored.append(i)
+            seen.add(key)
+        else:
+            unscored.append(i)
+    if unscored and variant == "placeholder":
+        i = unscored[0]
+        raise DataError(f"omitted line {i} {_show(original[i])} is blank or repeats an earlier omitted line, so "
+                        f"no answer can list it, and a placeholder record cannot leave a marked line unscored")
+    return scored, unscored
 
 
 def _check_omitted_texts(texts: Sequence[str], original: Sequence[str], listed: Sequence[int], name: str) -> None:
@@ -325,61 +336,40 @@ def _check_omitted_texts(texts: Sequence[str], original: Sequence[str], listed: 
             raise DataError(f"{name}[{k}] is {_show(text)} but original line {i} is {_show(original[i])}")
 
 
-def _deletable_unscored(line: str, domain: str) -> bool:
-    """Whether upstream may have deleted this line without recording it (quirk 3)."""
-    return domain == "github_prs" and not line.startswith(_PR_NOT_CONTEXT)
+def _unrecorded_drops(original: Sequence[str], modified: Sequence[str], listed: Sequence[int], domain: str,
+                      marked: bool) -> list[int]:
+    """Check that `modified` is `original` without the listed lines (`marked`: with the marker in their
+    place) and, for diffs, without lines upstream's generator deletes unrecorded (quirk 1); return the
+    indices of those unrecorded lines.
 
-
-def _omission_drops(original: Sequence[str], modified: Sequence[str], listed: Sequence[int],
-                    domain: str) -> list[int]:
-    """Check that `modified` is `original` minus the listed lines (and, for diffs, unrecorded context
-    lines); return the indices of those context lines.
-
-    Left-to-right matching is exact here: whether a line may be dropped depends only on its text, so
-    equal lines are interchangeable."""
-    expected = len(original) - len(listed)
+    Left-to-right matching is exact here: whether a line may go unrecorded depends only on its text,
+    so equal lines are interchangeable."""
+    expected = len(original) - (0 if marked else len(listed))
     if len(modified) > expected or (len(modified) < expected and domain != "github_prs"):
-        raise DataError(f"the modified text has {len(modified)} lines; the original's {len(original)} minus "
-                        f"the {len(listed)} omitted leave {expected}")
+        kept = "with a marker for each omitted line" if marked else f"minus the {len(listed)} omitted"
+        raise DataError(f"the modified text has {len(modified)} lines; the original's {len(original)} "
+                        f"{kept} make {expected}")
+    repeated = {line for line, n in Counter(original).items() if n > 1}
     gone = set(listed)
     dropped, k = [], 0
     for i, line in enumerate(original):
+        found = f"modified line {k} is {_show(modified[k])}" if k < len(modified) else "the modified text ended"
         if i in gone:
-            continue
+            if not marked:
+                continue
+            if k < len(modified) and modified[k] == PLACEHOLDER:
+                k += 1
+                continue
+            raise DataError(f"omitted line {i} has no marker {PLACEHOLDER!r} in the modified text ({found})")
         if k < len(modified) and modified[k] == line:
             k += 1
-        elif _deletable_unscored(line, domain):
+        elif domain == "github_prs" and (line in repeated or not line.startswith(_PR_NOT_CONTEXT)):
             dropped.append(i)
         else:
-            found = f"modified line {k} is {_show(modified[k])}" if k < len(modified) else "the modified text ended"
             raise DataError(f"original line {i} {_show(line)} is not listed as omitted but is missing from the "
                             f"modified text ({found})")
     if k < len(modified):
         raise DataError(f"modified line {k} {_show(modified[k])} is not a line of the original in order")
-    return dropped
-
-
-def _placeholder_drops(original: Sequence[str], modified: Sequence[str], listed: Sequence[int],
-                       domain: str) -> list[int]:
-    """Check that `modified` is `original` with the marker in place of the listed lines (and, for diffs,
-    of unrecorded context lines); return the indices of those context lines."""
-    if len(modified) != len(original):
-        raise DataError(f"a placeholder record's modified text has {len(modified)} lines; the original has "
-                        f"{len(original)} and the marker {PLACEHOLDER!r} keeps each omitted line's place")
-    gone = set(listed)
-    dropped = []
-    for i, (line, shown) in enumerate(zip(original, modified)):
-        if i in gone:
-            if shown != PLACEHOLDER:
-                raise DataError(f"omitted line {i} is {_show(shown)} in the modified text, not the marker "
-                                f"{PLACEHOLDER!r}")
-        elif shown == PLACEHOLDER and line != PLACEHOLDER:
-            if not _deletable_unscored(line, domain):
-                raise DataError(f"modified line {i} is the marker {PLACEHOLDER!r} but original line {i} "
-                                f"{_show(line)} is not listed as omitted")
-            dropped.append(i)
-        elif shown != line:
-            raise DataError(f"modified line {i} {_show(shown)} differs from original line {i} {_show(line)}")
     return dropped
 
 
@@ -404,17 +394,26 @@ def needle_positions(original: Sequence[str], modified: Sequence[str], needles: 
 
 
 def _metadata(record: Mapping[str, Any], used: set[str], record_id: str | int, source_file: str | None,
-              dropped: Sequence[int]) -> dict[str, Any]:
+              dropped: Sequence[int] | None) -> dict[str, Any]:
     """Upstream's metadata, plus the record's other top-level fields (upstream files copy their
-    source's fields, e.g. a PR's repo and title, to the top level), plus where the record came from."""
+    source's fields, e.g. a PR's repo and title, to the top level), plus where the record came from,
+    plus the deleted unscored lines found (None: a needle record, where none are looked for)."""
     upstream = record.get("metadata")
+    if isinstance(upstream, str):
+        # A `datasets` table keeps metadata whose keys vary from row to row as a JSON string
+        # (`schema.to_hf_dataset` does so).
+        try:
+            upstream = json.loads(upstream)
+        except json.JSONDecodeError as e:
+            raise DataError(f"field 'metadata' is a string but not JSON ({e.msg})") from None
     if upstream is not None and not isinstance(upstream, Mapping):
         raise DataError(f"field 'metadata' must be an object, got {type(upstream).__name__}")
     others = {k: v for k, v in record.items() if k not in used and v is not None}
     metadata = {**others, **(upstream or {}), "upstream_id": record_id}
     if source_file is not None:
         metadata["source_file"] = source_file
-    metadata.pop("dropped_context_indices", None)
+    if dropped is not None:
+        metadata.pop("dropped_context_indices", None)
     if dropped:
         metadata["dropped_context_indices"] = list(dropped)
     return metadata
@@ -429,7 +428,8 @@ def to_upstream_record(instance: Instance) -> dict[str, Any]:
     metadata = {k: v for k, v in instance.metadata.items() if k not in _READER_KEYS}
     record_id = instance.metadata.get("upstream_id", instance.id)
     original, modified = list(instance.original_lines), list(instance.modified_lines)
-    omitted = list(instance.omitted_indices)
+    omitted = _listed_in_upstream_record(instance)
+    omitted_lines = [original[i] for i in omitted]
     if instance.variant == "needle":
         record = {"id": record_id, GENERIC_NAMING.original: "\n".join(original),
                   GENERIC_NAMING.modified: "\n".join(modified), NEEDLES_FIELD: instance.answer_lines,
@@ -438,16 +438,25 @@ def to_upstream_record(instance: Instance) -> dict[str, Any]:
         gone = set(omitted)
         record = {"id": record_id, "original_sequence": original, "user_sequence": modified,
                   "omitted_mask": [i not in gone for i in range(len(original))],
-                  "omitted_sequence": instance.answer_lines, "metadata": metadata}
+                  "omitted_sequence": omitted_lines, "metadata": metadata}
     elif instance.domain == "poetry":
         record = {"id": record_id, "original_poem": "\n".join(original), "modified_poem": "\n".join(modified),
                   "omitted_line_indices": omitted, "metadata": metadata}
     else:
         record = {"id": record_id, "original_diff": "\n".join(original), "modified_diff": "\n".join(modified),
-                  "omitted_lines": instance.answer_lines, "omitted_index": omitted, "metadata": metadata}
+                  "omitted_lines": omitted_lines, "omitted_index": omitted, "metadata": metadata}
     # Nested keys sorted (top-level keys keep upstream's order), so equal instances give equal bytes.
     record["metadata"] = json.loads(json.dumps(record["metadata"], sort_keys=True))
     return record
+
+
+def _listed_in_upstream_record(instance: Instance) -> list[int]:
+    """The indices an upstream record lists as omitted. A diff's unscored deletions stay unlisted,
+    as upstream's PR generator leaves them (quirk 1 of the module docstring); in the other domains an
+    unscored deleted line (blank, or repeating an omitted line: quirk 3) can only be listed."""
+    if instance.domain == "github_prs" or instance.variant == "needle":
+        return list(instance.omitted_indices)
+    return sorted([*instance.omitted_indices, *instance.metadata.get("dropped_context_indices", ())])
 
 
 def dumps_upstream(instances: Iterable[Instance]) -> str:
@@ -461,8 +470,8 @@ def write_upstream(path: str | os.PathLike, instances: Iterable[Instance]) -> No
         raise DataError(f"{path}: no instances to write")
     domains = sorted({i.domain for i in instances})
     if len(domains) > 1:
-        raise DataError(f"{path}: instances of {len(domains)} domains ({', '.join(domains)}); an upstream "
-                        "AbsenceBench file holds one domain")
+        raise DataError(f"{path}: instances of {len(domains)} domains ({', '.join(domains)}); upstream "
+                        "AbsenceBench files hold one domain each")
     atomic_write_text(path, dumps_upstream(instances))
 
 
