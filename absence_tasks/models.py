@@ -276,8 +276,9 @@ def tiny_llama_checkpoint(out_dir: str | os.PathLike, *, seed: int = 0,
     tokenizer.model_max_length = max_positions
     end_of_turn = _end_of_turn_id(tokenizer)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+        # head_dim 64: vLLM's CPU attention kernels support no smaller head (16 fails at start-up).
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=max_positions,
         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=end_of_turn,
         pad_token_id=end_of_turn if tokenizer.pad_token_id is None else tokenizer.pad_token_id,
         dtype=torch.float32)
