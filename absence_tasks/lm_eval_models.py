@@ -12,11 +12,13 @@ after `import absence_tasks.lm_eval_models`.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from absence_tasks.lm_eval_tasks import instance_from_doc
+from absence_tasks.schema import DataError
 from absence_tasks.scoring import oracle_answer
 
 
@@ -51,12 +53,33 @@ class EmptyLM(_AnswerOnlyLM):
         return ""
 
 
+def _local_pretrained_paths(argv: list[str]) -> list[str]:
+    """`pretrained=` values of `--model_args` that name a local path (hub ids are left to lm-eval)."""
+    paths = []
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--model_args":
+            for item in value.split(","):
+                key, _, path = item.partition("=")
+                if key.strip() == "pretrained" and (Path(path).exists() or path.startswith((".", "/", "~"))):
+                    paths.append(path)
+    return paths
+
+
 def main() -> None:
-    """`absence-lm-eval ...`: the lm_eval CLI, with the models above registered."""
+    """`absence-lm-eval ...`: the lm_eval CLI with the models above registered, and one-line errors for
+    a `pretrained=` path that is not a model or a bad data file."""
     from lm_eval.__main__ import cli_evaluate
 
+    from absence_tasks.models import load_checkpoint_or_die
+
     sys.argv[0] = "absence-lm-eval"
-    cli_evaluate()
+    try:
+        for path in _local_pretrained_paths(sys.argv[1:]):
+            load_checkpoint_or_die(Path(path).expanduser())
+        cli_evaluate()
+    except (DataError, ValueError) as e:
+        print(f"absence-lm-eval: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Any
 
 from lm_eval.api.task import ConfigurableTask
 
-from absence_tasks.prompts import render_answer, render_prompt
+from absence_tasks.prompts import render_answer, render_prompt, template_name
 from absence_tasks.schema import PLACEHOLDER, DataError, Instance, from_hf_dataset, read_jsonl, to_hf_dataset, \
     write_jsonl
 from absence_tasks.scoring import score_response
@@ -118,6 +118,7 @@ def load_instances_for_task(domain: str, variant: str, *, data_file: str | None 
 
 def dataset_loader(domain: str, variant: str):
     """A `custom_dataset` callable for one task: lm-eval calls it with the `--metadata` keys."""
+    template_name(domain, variant)  # an unknown domain or variant fails here, when utils.py is read
     def load(**metadata: Any):
         instances = load_instances_for_task(domain, variant, **metadata)
         dataset = to_hf_dataset(instances)

@@ -137,3 +137,39 @@ def test_generation_budget_grows_with_the_lines_to_list():
 def test_micro_f1_aggregation_sums_counts():
     items = [{"tp": 1, "fp": 0, "fn": 0}, {"tp": 0, "fp": 1, "fn": 2}]
     assert micro_f1_aggregation(items) == pytest.approx(2 / (2 + 1 + 2))
+
+
+@pytest.mark.parametrize("make_bad", ["missing", "empty_dir", "garbage_config"])
+def test_a_pretrained_path_that_is_not_a_model_is_one_line(tmp_path, env, make_bad):
+    bad = tmp_path / "not-a-model"
+    if make_bad == "empty_dir":
+        bad.mkdir()
+    elif make_bad == "garbage_config":
+        bad.mkdir()
+        (bad / "config.json").write_text("{not json")
+    proc = subprocess.run(["absence-lm-eval", "--include_path", TASKS, "--tasks", "absence_poetry", "--model", "hf",
+                           "--model_args", f"pretrained={bad}"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "not a Hugging Face model checkpoint" in lines[0]
+
+
+def test_a_data_file_with_missing_fields_is_one_line(tmp_path, env):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "domain": "poetry", "variant": "omission"}\n')
+    proc = subprocess.run(["absence-lm-eval", "--include_path", TASKS, "--tasks", "absence_poetry", "--model",
+                           "absence-oracle", "--metadata", json.dumps({"data_file": str(bad)})],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("absence-lm-eval: error: ")
+    assert "bad.jsonl:1: missing field(s)" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_unknown_domain_or_variant_in_a_config():
+    from absence_tasks.lm_eval_tasks import dataset_loader
+
+    with pytest.raises(ValueError, match="unknown variant 'sonnet'"):
+        dataset_loader("poetry", "sonnet")
+    with pytest.raises(ValueError, match="unknown domain 'limericks'"):
+        dataset_loader("limericks", "omission")
