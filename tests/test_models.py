@@ -256,7 +256,8 @@ def test_missing_gguf_is_one_clear_error(tmp_path):
 def test_tiny_llama_loads_and_generates(tiny_llama_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 128
+    assert model.config.hidden_size // model.config.num_attention_heads == 64  # vLLM CPU needs head_dim >= 64
     assert model.config.vocab_size == len(tokenizer) == 49152
     assert model.generation_config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is missing?"}],
@@ -301,7 +302,7 @@ def not_a_checkpoint(path: Path, reason: str) -> str:
 
 def test_load_checkpoint_or_die_accepts_a_checkpoint(tiny_llama_dir):
     config = load_checkpoint_or_die(tiny_llama_dir)
-    assert config.model_type == "llama" and config.hidden_size == 64
+    assert config.model_type == "llama" and config.hidden_size == 128
 
 
 @pytest.mark.parametrize("make, reason", [

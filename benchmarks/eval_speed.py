@@ -1,0 +1,65 @@
+"""HF vs vLLM throughput on the default 3-domain omission suite, in one process.
+
+    python benchmarks/eval_speed.py --n 20 [--model checkpoints/smollm2-135m-instruct] [--dtype bfloat16]
+
+For each backend: load the model (timed apart), then score `absencebench` (n instances per domain,
+chat template on, same generation budgets) and report instances/s of the evaluation itself and the
+mean F1, so a speed-up that changed the answers would show.
+"""
+
+import argparse
+import gc
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(backend: str, args, task_manager) -> dict:
+    from lm_eval import simple_evaluate
+
+    start = time.perf_counter()
+    if backend == "hf":
+        from lm_eval.models.huggingface import HFLM
+
+        lm = HFLM(pretrained=args.model, dtype=args.dtype, batch_size=args.hf_batch_size)
+    else:
+        from lm_eval.models.vllm_causallms import VLLM
+
+        lm = VLLM(pretrained=args.model, dtype=args.dtype, gpu_memory_utilization=0.35, max_model_len=8192)
+    loaded = time.perf_counter()
+    results = simple_evaluate(model=lm, tasks=["absencebench"], task_manager=task_manager,
+                              apply_chat_template=True)
+    done = time.perf_counter()
+    n_instances = sum(v["effective"] for v in results["n-samples"].values())
+    del lm
+    gc.collect()
+    return {"backend": backend, "load_s": loaded - start, "eval_s": done - loaded, "instances": n_instances,
+            "instances_per_s": n_instances / (done - loaded), "f1": results["results"]["absencebench"]["f1,none"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "checkpoints" / "smollm2-135m-instruct"))
+    parser.add_argument("--n", type=int, default=20, help="instances per domain")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--hf-batch-size", type=int, default=8)
+    parser.add_argument("--backends", nargs="+", default=["hf", "vllm"])
+    args = parser.parse_args()
+
+    from lm_eval.tasks import TaskManager
+
+    task_manager = TaskManager(include_path=str(ROOT / "task_configs"), metadata={"n": args.n})
+    rows = [run(backend, args, task_manager) for backend in args.backends]
+    print(json.dumps(rows, indent=2))
+    print("| backend | load s | eval s | instances | instances/s | absencebench F1 |\n|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['backend']} | {r['load_s']:.0f} | {r['eval_s']:.0f} | {r['instances']} | "
+              f"{r['instances_per_s']:.3f} | {r['f1']:.4f} |")
+    if len(rows) == 2:
+        print(f"vLLM / HF throughput: {rows[1]['instances_per_s'] / rows[0]['instances_per_s']:.2f}x")
+
+
+if __name__ == "__main__":  # vLLM starts worker processes
+    main()
