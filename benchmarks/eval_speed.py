@@ -27,7 +27,8 @@ def run(backend: str, args, task_manager) -> dict:
     else:
         from lm_eval.models.vllm_causallms import VLLM
 
-        lm = VLLM(pretrained=args.model, dtype=args.dtype, gpu_memory_utilization=0.35, max_model_len=8192)
+        lm = VLLM(pretrained=args.model, dtype=args.dtype, gpu_memory_utilization=0.35, max_model_len=8192,
+                  enforce_eager=True)  # a torch.compile start-up costs minutes on CPU and gains nothing here
     loaded = time.perf_counter()
     results = simple_evaluate(model=lm, tasks=["absencebench"], task_manager=task_manager,
                               apply_chat_template=True)
