@@ -23,7 +23,7 @@ def run(backend: str, args, task_manager) -> dict:
     if backend == "hf":
         from lm_eval.models.huggingface import HFLM
 
-        lm = HFLM(pretrained=args.model, dtype=args.dtype, batch_size=args.hf_batch_size)
+        lm = HFLM(pretrained=args.model, dtype=args.dtype, batch_size=args.hf_batch_size, device="cpu")
     else:
         from lm_eval.models.vllm_causallms import VLLM
 
