@@ -17,9 +17,12 @@ from trainers.losses import (
     gap_char_positions_for_omission,
     gap_token_mask,
     masked_lm_loss,
+    next_token_targets,
     pool_hidden,
     sequence_infonce_loss,
+    step_flops,
     token_alignment_from_char_map,
+    token_cross_entropy,
 )
 
 E = torch.eye(4, dtype=torch.float64)  # orthonormal basis e0..e3 as rows; float64 so e^-10 terms are exact
@@ -59,6 +62,27 @@ def test_masked_lm_loss_with_no_answer_token_is_zero_and_differentiable():
     assert loss.item() == 0.0
     assert torch.equal(logits.grad, torch.zeros_like(logits))
     assert count_label_tokens(labels) == 0
+
+
+def test_logits_at_target_positions_only_give_the_same_loss():
+    """What the contrastive trainer does: ask the model for the logits of the positions that predict a
+    target only (`next_token_targets`), then `token_cross_entropy` without shifting."""
+    logits = random_tensor(2, 4, 5, seed=10)
+    labels = torch.tensor([[-100, -100, 3, 1],
+                           [-100, 2, -100, 4]])
+    positions, targets = next_token_targets(labels)
+    assert positions.tolist() == [0, 1, 2]  # position 0 predicts row 1's label 2; 1 and 2 predict 3, 1 / 4
+    assert targets.tolist() == [[-100, 3, 1], [2, -100, 4]]
+    assert token_cross_entropy(logits[:, positions], targets).item() == pytest.approx(
+        masked_lm_loss(logits, labels).item(), rel=1e-6)
+    # Divided by the accumulated batch's target count when the Trainer passes it: here 4 of 8.
+    assert token_cross_entropy(logits[:, positions], targets, num_items_in_batch=8).item() == pytest.approx(
+        masked_lm_loss(logits, labels).item() / 2, rel=1e-6)
+
+
+def test_step_flops_counts_six_n_per_trained_and_two_n_per_forward_only_token():
+    assert step_flops(1000, trained_tokens=10) == 60_000
+    assert step_flops(1000, trained_tokens=10, forward_only_tokens=5) == 70_000
 
 
 def test_masked_lm_loss_rejects_mismatched_shapes():

@@ -21,8 +21,7 @@ from absence_tasks.schema import Instance, read_jsonl, write_jsonl
 from trainers import contrastive, sft
 from trainers.config import AbsenceSFTConfig, ScriptArguments
 from trainers.contrastive import ContrastiveCollator, companion_states, contrastive_features
-from trainers.data import (complete_copy, data_sha256, encode, hard_negative, load_training_instances,
-                           prompt_completion)
+from trainers.data import complete_copy, data_sha256, encode, hard_negative, load_training_instances
 from trainers.sft import read_model_card
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -91,8 +91,8 @@ class AbsenceSFTConfig(SFTConfig):
         metadata={"help": "Longest tokenised example; longer instances are left out of training (never cut: a "
                           "truncated answer would teach the model to stop early)."})
     learning_rate: float = field(default=2e-5, metadata={"help": "Initial AdamW learning rate."})
-    # Activations of a 135M model take ~1.5 MB per token on CPU in float32: micro-batches of 2 documents
-    # (up to a few thousand tokens) fit in 16 GB; accumulation keeps the effective batch at 8.
+    # Training a 135M model in float32 on CPU peaks near 2 MB per token: micro-batches of 2 documents
+    # (up to a few thousand tokens each) fit in about 16 GB; accumulation keeps the effective batch at 8.
     per_device_train_batch_size: int = field(default=2, metadata={"help": "Instances per device per micro-batch."})
     gradient_accumulation_steps: int = field(
         default=4, metadata={"help": "Micro-batches accumulated per optimizer step."})
