@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import lm_eval.models  # noqa: F401  -- fills the registry with lm-eval's own (lazy) models: hf, vllm, ...
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 

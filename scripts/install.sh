@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pip_install() { python -m pip install --disable-pip-version-check -q "$@"; }
+# Headless Chromium for the leaderboard page test and `python -m leaderboard render --screenshot` (Debian's).
+command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 # torch==2.13.0 (pinned in pyproject) is a CPU wheel pip finds on this machine's disk; any looser pin
 # would pull a multi-GB CUDA build.
 pip_install -e ".[dev,vllm]"

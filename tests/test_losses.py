@@ -17,6 +17,7 @@ from trainers.losses import (
     gap_char_positions_for_omission,
     gap_token_mask,
     masked_lm_loss,
+    negatives_by_row,
     next_token_targets,
     pool_hidden,
     sequence_infonce_loss,
@@ -169,6 +170,43 @@ def test_infonce_in_batch_negatives_add_the_other_rows_to_the_denominator():
     row0_masked = -1 / t + math.log(math.exp(1 / t) + 1 + math.exp(c / t))
     row1_masked = -1 / t + math.log(math.exp(1 / t) + 2 * math.exp(c / t))
     assert masked.item() == pytest.approx((row0_masked + row1_masked) / 2, rel=1e-9)
+
+
+def test_negatives_by_row_arranges_each_rows_negatives_in_order_and_masks_the_padding():
+    vectors = torch.arange(8.0).reshape(4, 2)
+    negatives, mask = negatives_by_row(vectors, torch.tensor([1, 0, 1, 1]), batch=3)
+    assert negatives.tolist() == [[[2, 3], [0, 0], [0, 0]],
+                                  [[0, 1], [4, 5], [6, 7]],
+                                  [[0, 0], [0, 0], [0, 0]]]
+    assert mask.tolist() == [[True, False, False], [True, True, True], [False, False, False]]
+    nothing, no_mask = negatives_by_row(vectors[:0], torch.zeros(0, dtype=torch.long), batch=2)
+    assert nothing.shape == (2, 0, 2) and no_mask.shape == (2, 0)
+    with pytest.raises(ValueError, match="row indices must lie in 0..1"):
+        negatives_by_row(vectors[:1], torch.tensor([2]), batch=2)
+
+
+def test_infonce_with_several_hard_negatives_per_row_gives_the_analytic_value():
+    """As the contrastive trainer builds it: per row the edited copy, then that row's hard negatives —
+    two for row 0 (e2, and e0, which equals its anchor), one for row 1 (e3) — padded by negatives_by_row."""
+    hard, hard_mask = negatives_by_row(torch.stack([E[2], E[0], E[3]]), torch.tensor([0, 0, 1]), batch=2)
+    edited = torch.stack([E[1], E[2]])
+    negatives = torch.cat([edited.unsqueeze(1), hard], dim=1)  # (2, 3, 4)
+    mask = torch.cat([torch.ones(2, 1, dtype=torch.bool), hard_mask], dim=1)
+    assert mask.tolist() == [[True, True, True], [True, True, False]]
+    anchor = torch.stack([E[0], E[1]])
+    t = 0.1
+    own_only = sequence_infonce_loss(anchor, anchor, negatives, t, negative_mask=mask, in_batch_negatives=False)
+    # Row 0: logits [10 | 0, 0, 10] -> log(2 + 2e^-10). Row 1: [10 | 0, 0] (padding left out) -> log(1 + 2e^-10).
+    e = math.exp(-10)
+    assert own_only.item() == pytest.approx((math.log(2 + 2 * e) + math.log(1 + 2 * e)) / 2, rel=1e-9)
+    # With in-batch negatives row 0 also sees row 1's e1, e2, e3 (all 0 logits); row 1 sees row 0's
+    # e0, e2, e0 (0) and e1 (its own anchor: 10). Both rows: log(2 + 5e^-10).
+    with_batch = sequence_infonce_loss(anchor, anchor, negatives, t, negative_mask=mask)
+    assert with_batch.item() == pytest.approx(math.log(2 + 5 * e), rel=1e-9)
+    # Without the second hard negative of row 0 (the one equal to its anchor) its loss falls to log(1 + 2e^-10).
+    fewer = sequence_infonce_loss(anchor, anchor, negatives[:, :2], t, negative_mask=mask[:, :2],
+                                  in_batch_negatives=False)
+    assert fewer.item() == pytest.approx(math.log(1 + 2 * e), rel=1e-9)
 
 
 def test_infonce_gradients_are_finite_with_masked_negatives():

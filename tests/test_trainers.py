@@ -1,6 +1,6 @@
 """The SFT and contrastive trainers, end to end on the tiny random Llama (real SmolLM2 tokenizer and chat
-template): checkpoints and model cards, label masking, loss switches, compute accounting, FLOP budget, LoRA,
-kill -9 and resume, one-line errors, and scoring the output with the real lm-eval."""
+template): checkpoints and model cards, label masking, loss switches, hard negatives, compute accounting, FLOP
+and time budgets, LoRA, kill -9 and resume, one-line errors, and scoring the output with the real lm-eval."""
 
 import dataclasses
 import json
@@ -17,11 +17,12 @@ import torch
 
 from absence_tasks.models import END_OF_TURN, load_checkpoint_or_die
 from absence_tasks.prompts import render_answer
-from absence_tasks.schema import Instance, read_jsonl, write_jsonl
+from absence_tasks.schema import PLACEHOLDER, Instance, read_jsonl, write_jsonl
 from trainers import contrastive, sft
 from trainers.config import AbsenceSFTConfig, ScriptArguments
 from trainers.contrastive import ContrastiveCollator, companion_states, contrastive_features
-from trainers.data import complete_copy, data_sha256, encode, hard_negative, load_training_instances
+from trainers.data import (adjacent_pair_negative, complete_copy, data_sha256, encode, hard_negatives,
+                           load_training_instances, shortest_line_negative)
 from trainers.sft import read_model_card
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +92,7 @@ def test_sft_writes_a_plain_checkpoint_with_a_model_card(sft_run, tokenizer):
     assert compute["flops"] == 6 * compute["n_params"] * compute["tokens_trained"]
     # N counts the tied embedding once (as the output projection): every parameter of the tiny Llama.
     assert compute["n_params"] == sum(p.numel() for p in model.parameters())
+    assert compute["train_seconds"] > 0 and compute["stopped_by"] == [] and compute["budget_seconds"] is None
     assert card["data"]["sha256"] == data_sha256(read_jsonl(sft_run / "training_data.jsonl"))
     assert card["data"]["domains"] == ["numerical", "poetry"] and card["data"]["n_instances"] == 8
     assert card["training_args"]["learning_rate"] == 2e-5 and card["seed"] == 42 and card["data_seed"] == 0
@@ -101,9 +103,14 @@ def test_sft_writes_a_plain_checkpoint_with_a_model_card(sft_run, tokenizer):
     eos = model.generation_config.eos_token_id
     assert end_of_turn in (eos if isinstance(eos, list) else [eos])
 
+    card_text = (sft_run / "README.md").read_text()
+    assert "| training wall time (s in optimizer steps, summed over sessions) |" in card_text
+    assert "| stopped by | the step/epoch limit |" in card_text
+
     steps = logged(sft_run)
     assert [s["step"] for s in steps] == [1, 2, 3]
     assert steps[-1]["tokens_trained"] == compute["tokens_trained"]
+    assert 0 < steps[0]["train_seconds"] < steps[1]["train_seconds"] < steps[2]["train_seconds"]
 
 
 @pytest.mark.parametrize("chat", [True, False], ids=["chat-template", "raw"])
@@ -218,26 +225,102 @@ def test_complete_copy_has_nothing_missing(instances):
         assert complete.modified_lines == instance.original_lines and complete.answer_lines == []
 
 
+def poetry_instance(variant: str, lines: tuple[str, ...], omitted: tuple[int, ...]) -> Instance:
+    """A hand-made poetry instance whose lines `omitted` are deleted (omission) or replaced (placeholder)."""
+    if variant == "placeholder":
+        modified = tuple(PLACEHOLDER if i in omitted else line for i, line in enumerate(lines))
+    else:
+        modified = tuple(line for i, line in enumerate(lines) if i not in omitted)
+    return Instance("x", "poetry", variant, "train", lines, modified, omitted)
+
+
+LINES = ("aaaa", "bb", "ccc", "dddd")  # neighbouring pairs' lengths: (0, 1) 6, (1, 2) 5, (2, 3) 7
+
+
 @pytest.mark.parametrize(("variant", "omitted", "expected_line"), [
     ("omission", (2,), "bb"),       # the shortest omittable line
     ("omission", (1,), "ccc"),      # ... unless that is the instance's own edit: the next shortest
     ("placeholder", (0, 2), "bb"),
 ])
-def test_hard_negative_is_a_single_edit_of_the_shortest_line(variant, omitted, expected_line):
-    lines = ("aaaa", "bb", "ccc", "dddd")
-    modified = tuple(("<missing line>" if variant == "placeholder" else None) if i in omitted else line
-                     for i, line in enumerate(lines))
-    instance = Instance("x", "poetry", variant, "train", lines, tuple(m for m in modified if m is not None), omitted)
-    hard = hard_negative(instance)
+def test_shortest_line_negative_is_a_single_edit_of_the_shortest_line(variant, omitted, expected_line):
+    hard = shortest_line_negative(poetry_instance(variant, LINES, omitted))
     assert hard.variant == variant and hard.answer_lines == [expected_line]
-    assert len(hard.modified_lines) == len(lines) - (variant == "omission")
+    assert len(hard.modified_lines) == len(LINES) - (variant == "omission")
 
 
-def test_hard_negative_of_a_needle_instance_keeps_its_shortest_needle():
-    instance = Instance("x", "poetry", "needle", "train", ("a1", "a2", "a3"), ("a1", "long needle", "a2", "n", "a3"),
-                        inserted_indices=(1, 3))
-    hard = hard_negative(instance)
-    assert hard.modified_lines == ("a1", "a2", "n", "a3") and hard.answer_lines == ["n"]
+@pytest.mark.parametrize(("variant", "omitted", "expected_modified"), [
+    ("omission", (0,), ("aaaa", "dddd")),              # the shortest neighbouring pair, lines 1 and 2
+    ("omission", (1, 2), ("ccc", "dddd")),             # ... unless that is the instance's own edit: (0, 1)
+    ("placeholder", (3,), ("aaaa", PLACEHOLDER, PLACEHOLDER, "dddd")),
+])
+def test_adjacent_pair_negative_edits_the_shortest_pair_of_neighbouring_lines(variant, omitted, expected_modified):
+    hard = adjacent_pair_negative(poetry_instance(variant, LINES, omitted))
+    assert hard.variant == variant and hard.modified_lines == expected_modified
+    assert hard.original_lines == LINES and len(hard.answer_lines) == 2
+
+
+def test_adjacent_pair_negative_takes_the_first_of_equal_pairs_and_only_neighbouring_omittable_lines():
+    assert adjacent_pair_negative(poetry_instance("omission", ("a", "b", "c"), (2,))).modified_lines == ("c",)
+    # A repeated line is never omittable (the answer would be ambiguous): lines 0, 2, 4 are not neighbours.
+    assert adjacent_pair_negative(poetry_instance("omission", ("x", "dup", "y", "dup", "z"), (0,))) is None
+    # A pair that is the whole document would leave nothing to recite.
+    assert adjacent_pair_negative(poetry_instance("omission", ("a", "b"), (0,))) is None
+
+
+def test_hard_negatives_follow_the_kinds_in_order_and_skip_those_that_do_not_apply():
+    instance = poetry_instance("omission", LINES, (0,))
+    both = hard_negatives(instance)
+    assert [h.modified_lines for h in both] == [("aaaa", "ccc", "dddd"), ("aaaa", "dddd")]
+    assert [h.modified_lines for h in hard_negatives(instance, ["adjacent_pair"])] == [("aaaa", "dddd")]
+    assert hard_negatives(instance, []) == []
+    needle = Instance("x", "poetry", "needle", "train", ("a1", "a2", "a3"), ("a1", "long needle", "a2", "n", "a3"),
+                      inserted_indices=(1, 3))
+    (only,) = hard_negatives(needle)  # a needle instance has insertions, no pair of lines to omit
+    assert only.modified_lines == ("a1", "a2", "n", "a3") and only.answer_lines == ["n"]
+    with pytest.raises(ValueError, match="unknown hard negative kind 'longest_line'"):
+        hard_negatives(instance, ["longest_line"])
+
+
+def test_features_hold_every_hard_negative_and_the_collator_batches_them(tokenizer):
+    """The 5-line poem with line 1 omitted: its shortest line is line 0 and its shortest neighbouring pair
+    lines 0-1, so the two hard-negative recitations are the poem from line 1 and from line 2; the collator
+    puts both after the complete copies, as companions of their training row."""
+    instance = Instance("poem", "poetry", "omission", "train", POEM, POEM[:1] + POEM[2:], (1,))
+    features = contrastive_features(tokenizer, instance, chat=True)
+    recitations = [tokenizer.decode(ids[slice(*span)])
+                   for ids, span in zip(features["hard_ids"], features["hard_recitation"])]
+    assert recitations == ["\n".join(POEM[1:]), "\n".join(POEM[2:])]
+    for ids, shared in zip(features["hard_ids"], features["hard_shared"]):
+        assert ids[:shared] == features["input_ids"][:shared] and shared < len(ids)
+    only_shortest = contrastive_features(tokenizer, instance, chat=True, hard_negative_kinds=["shortest_line"])
+    assert only_shortest["hard_ids"] == features["hard_ids"][:1]
+
+    needle = Instance("n", "poetry", "needle", "train", POEM[:3], POEM[:1] + ("a needle",) + POEM[1:3],
+                      inserted_indices=(1,))
+    rows = [features, contrastive_features(tokenizer, needle, chat=True)]  # 2 and 1 hard negatives
+    batch = ContrastiveCollator(tokenizer.pad_token_id)(rows)
+    assert batch["companion_source"].tolist() == [0, 1, 0, 0, 1]
+    assert batch["companion_prefix"].tolist() == [rows[0]["complete_shared"], rows[1]["complete_shared"],
+                                                  *rows[0]["hard_shared"], *rows[1]["hard_shared"]]
+    assert batch["companion_recitation_mask"].sum(dim=1).tolist() == [
+        span[1] - span[0] for span in [rows[0]["complete_recitation"], rows[1]["complete_recitation"],
+                                       *rows[0]["hard_recitation"], *rows[1]["hard_recitation"]]]
+
+
+def test_each_hard_negative_kind_costs_counted_forward_only_tokens(tiny_llama_dir, tmp_path, contrastive_run):
+    """The same run as `contrastive_run` (both kinds, the default) with the shortest-line negatives only:
+    the same batches, fewer forward-only tokens, and the difference is exactly their 2·N FLOPs."""
+    out = tmp_path / "shortest-line-only"
+    assert contrastive.main(flags(tiny_llama_dir, out, "--lambda_seq", 1, "--lambda_gap", 1,
+                                  "--hard_negative_kinds", "shortest_line", domains=("numerical", "poetry"))) == 0
+    one_kind, both = read_model_card(out), read_model_card(contrastive_run)
+    assert one_kind["training_args"]["hard_negative_kinds"] == ["shortest_line"]
+    assert both["training_args"]["hard_negative_kinds"] == ["shortest_line", "adjacent_pair"]
+    one_kind, both = one_kind["compute"], both["compute"]
+    assert both["tokens_trained"] == one_kind["tokens_trained"]
+    assert both["tokens_forward_only"] > one_kind["tokens_forward_only"]
+    assert both["flops"] - one_kind["flops"] == \
+        2 * both["n_params"] * (both["tokens_forward_only"] - one_kind["tokens_forward_only"])
 
 
 # ---- budget, LoRA ---------------------------------------------------------------------------------------
@@ -251,6 +334,35 @@ def test_compute_budget_stops_training_and_configs_come_from_yaml(tiny_llama_dir
     assert card["compute"]["stopped_by_budget"] is True and card["global_step"] == 1
     assert card["compute"]["flops"] >= 1e9 and card["max_steps"] == 5
     assert card["training_args"]["learning_rate"] == 1e-4 and card["script_args"]["compute_budget_flops"] == 1e9
+    assert card["compute"]["stopped_by"] == ["compute_budget_flops"] and not card["compute"]["stopped_by_time"]
+
+
+def test_time_budget_stops_training_and_counts_on_across_a_resume(tiny_llama_dir, tmp_path):
+    first = tmp_path / "first"
+    assert sft.main(flags(tiny_llama_dir, first, "--max_train_seconds", 1e-6, max_steps=5, save_steps=1)) == 0
+    card = read_model_card(first)
+    compute = card["compute"]
+    assert card["global_step"] == 1 and card["max_steps"] == 5  # any step takes longer than a microsecond
+    assert compute["stopped_by_time"] is True and compute["stopped_by_budget"] is False
+    assert compute["stopped_by"] == ["max_train_seconds"] and compute["budget_seconds"] == 1e-6
+    assert compute["train_seconds"] > 0
+    assert "| stopped by | max_train_seconds |" in (first / "README.md").read_text()
+
+    # Pretend the first session had trained for 1000 s: a resumed run with a 1000 s budget has none left,
+    # so it stops after one step — a count that started again from 0 could not reach 1000 s in one step.
+    checkpoint = first / "checkpoint-1"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    saved = state["stateful_callbacks"]["ComputeAccountant"]["attributes"]
+    assert saved["train_seconds"] == pytest.approx(compute["train_seconds"], abs=1e-3)
+    saved["train_seconds"] = 1000.0
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+    second = tmp_path / "second"
+    assert sft.main(flags(tiny_llama_dir, second, "--max_train_seconds", 1000, "--resume_from_checkpoint",
+                          checkpoint, max_steps=5)) == 0
+    resumed = read_model_card(second)
+    assert resumed["global_step"] == 2 and resumed["compute"]["stopped_by"] == ["max_train_seconds"]
+    assert 1000 < resumed["compute"]["train_seconds"] < 1600
+    assert resumed["compute"]["tokens_trained"] > compute["tokens_trained"]
 
 
 def test_lora_is_merged_into_a_plain_checkpoint(tiny_llama_dir, tmp_path):
@@ -299,6 +411,10 @@ def test_a_run_killed_mid_way_resumes_to_the_right_step(tiny_llama_dir, tmp_path
     assert [s["step"] for s in steps] == list(range(1, max_steps + 1))
     counts = [s["tokens_trained"] for s in steps]
     assert all(b > a for a, b in zip(counts, counts[1:])) and counts[-1] == card["compute"]["tokens_trained"]
+    # So did the training time: the resumed session added to what the first one had counted.
+    seconds = [s["train_seconds"] for s in steps]
+    assert all(b > a for a, b in zip(seconds, seconds[1:]))
+    assert seconds[-1] == pytest.approx(card["compute"]["train_seconds"], abs=1e-3)
 
 
 @pytest.fixture
@@ -317,6 +433,7 @@ def bad_inputs(tmp_path):
         "empty train file": (["--train_file", str(empty)], "empty.jsonl: no instances"),
         "test-split train file": (["--train_file", str(test_split)], "holds test-split instances"),
         "no data": (["--n_train", "0"], "nothing to train on"),
+        "zero time budget": (["--max_train_seconds", "0"], "--max_train_seconds must be > 0"),
     }
 
 
@@ -330,8 +447,9 @@ def test_bad_input_exits_2_with_one_stderr_line(tiny_llama_dir, tmp_path, bad_in
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("case", ["missing train file", "empty train file", "test-split train file", "no data"])
-def test_bad_data_is_one_error_line_and_exit_2(tiny_llama_dir, tmp_path, bad_inputs, case, capsys):
+@pytest.mark.parametrize("case", ["missing train file", "empty train file", "test-split train file", "no data",
+                                  "zero time budget"])
+def test_bad_data_or_budget_is_one_error_line_and_exit_2(tiny_llama_dir, tmp_path, bad_inputs, case, capsys):
     extra, message = bad_inputs[case]
     assert contrastive.main([*flags(tiny_llama_dir, tmp_path / "out"), *extra]) == 2
     err = capsys.readouterr().err

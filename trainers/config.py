@@ -1,4 +1,4 @@
-"""Command-line configuration: one dataclass of script arguments (model, data, LoRA, compute budget) shared
+"""Command-line configuration: one dataclass of script arguments (model, data, LoRA, compute and time budgets) shared
 by both methods, and one training config per method — `AbsenceSFTConfig` (a `trl.SFTConfig`) and
 `ContrastiveConfig` (an `AbsenceSFTConfig` plus the contrastive knobs). `trl.TrlParser` turns them into
 command-line flags, and `--config file.yaml` sets any of them from a YAML file.
@@ -13,6 +13,7 @@ from trl import SFTConfig
 
 from absence_tasks.models import DEFAULT_CHECKPOINT
 from absence_tasks.schema import DOMAINS, VARIANTS
+from trainers.data import HARD_NEGATIVE_KINDS
 from trainers.losses import POOLING_MODES
 
 # Every linear layer of a Llama block; `--lora_target_modules all-linear` is PEFT's shorthand for the same.
@@ -21,7 +22,7 @@ LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 
 @dataclass
 class ScriptArguments:
-    """What to train (model, data) and how much (compute budget); the method's config says how."""
+    """What to train (model, data) and how much (compute and time budgets); the method's config says how."""
 
     model_name_or_path: str = field(
         default=str(DEFAULT_CHECKPOINT),
@@ -59,6 +60,11 @@ class ScriptArguments:
         default=None,
         metadata={"help": "Stop once the counted training FLOPs (6·N per trained token, 2·N per forward-only "
                           "token) reach this; the same budget gives SFT and contrastive equal compute."})
+    max_train_seconds: float | None = field(
+        default=None,
+        metadata={"help": "Stop once the wall time spent in optimizer steps (forward, backward, update; not "
+                          "start-up or checkpoint saving) reaches this many seconds, summed over the sessions of a "
+                          "resumed run. Whichever of this and --compute_budget_flops is reached first stops it."})
 
     def __post_init__(self) -> None:
         if bad := [d for d in self.domains if d not in DOMAINS]:
@@ -73,6 +79,8 @@ class ScriptArguments:
             raise ValueError(f"--max_lines must be >= 2, got {self.max_lines}")
         if self.compute_budget_flops is not None and self.compute_budget_flops <= 0:
             raise ValueError(f"--compute_budget_flops must be > 0, got {self.compute_budget_flops}")
+        if self.max_train_seconds is not None and self.max_train_seconds <= 0:
+            raise ValueError(f"--max_train_seconds must be > 0, got {self.max_train_seconds}")
         if self.use_peft and (self.lora_r < 1 or self.lora_alpha < 1):
             raise ValueError("--lora_r and --lora_alpha must be >= 1")
 
@@ -90,6 +98,14 @@ class AbsenceSFTConfig(SFTConfig):
         default=4096,
         metadata={"help": "Longest tokenised example; longer instances are left out of training (never cut: a "
                           "truncated answer would teach the model to stop early)."})
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "Resume an interrupted run: a checkpoint-N folder, or `last` for the newest complete one "
+                          "in --output_dir. Token, FLOP and training-time counts continue from the checkpoint."})
+    data_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of the generated training data (default 0) and of the Trainer's data sampler "
+                          "(default: --seed)."})
     learning_rate: float = field(default=2e-5, metadata={"help": "Initial AdamW learning rate."})
     # Training a 135M model in float32 on CPU peaks near 2 MB per token: micro-batches of 2 documents
     # (up to a few thousand tokens each) fit in about 16 GB; accumulation keeps the effective batch at 8.
@@ -126,8 +142,17 @@ class ContrastiveConfig(AbsenceSFTConfig):
         default=0.5, metadata={"help": "The token after a gap is pushed until its cosine similarity with its "
                                        "counterpart in the complete document is at most this."})
     hard_negatives: bool = field(
-        default=True, metadata={"help": "Add a hard negative per instance: the original with only its shortest "
-                                        "omittable line removed (one more forward-only pass)."})
+        default=True, metadata={"help": "Add the --hard_negative_kinds edits of each instance as InfoNCE negatives "
+                                        "(used only when --lambda_seq > 0)."})
+    hard_negative_kinds: list[str] = field(
+        default_factory=lambda: list(HARD_NEGATIVE_KINDS),
+        metadata={"help": "Which hard negatives to build per instance: shortest_line (only the shortest omittable "
+                          "line edited), adjacent_pair (only the two adjacent omittable lines with the shortest "
+                          "combined length edited; none for needle instances or documents without such a pair). "
+                          "Each one costs an extra forward-only pass, counted in the FLOPs: with "
+                          "--share_prefix_cache (it starts at the first edit) 8 to 13 percent of the training "
+                          "pass's FLOPs on the default data.",
+                  "choices": list(HARD_NEGATIVE_KINDS)})
     in_batch_negatives: bool = field(
         default=True, metadata={"help": "Other instances' copies are negatives too."})
     share_prefix_cache: bool = field(
@@ -144,3 +169,5 @@ class ContrastiveConfig(AbsenceSFTConfig):
             raise ValueError(f"unknown --pooling {self.pooling!r} (expected one of {', '.join(POOLING_MODES)})")
         if not -1 <= self.gap_margin <= 1:
             raise ValueError(f"--gap_margin is a cosine similarity, between -1 and 1; got {self.gap_margin}")
+        if bad := [k for k in self.hard_negative_kinds if k not in HARD_NEGATIVE_KINDS]:
+            raise ValueError(f"unknown --hard_negative_kinds {bad[0]!r} (expected {', '.join(HARD_NEGATIVE_KINDS)})")

@@ -6,15 +6,18 @@ plus forward-only passes over two companions of each instance:
 * the training sequence A: the instance's prompt (original document, then the edited copy — the
   "recitation" — then the question) and its answer, exactly as SFT sees it (same tokens, same labels);
 * the complete copy B: the same prompt with nothing missing (the recitation equals the original);
-* the hard negative C: the same prompt with a single edit (`trainers.data.hard_negative`).
+* the hard negatives C: the same prompt with one small edit each (`trainers.data.hard_negatives`, the
+  kinds `hard_negative_kinds` names: only the shortest line edited; only the shortest pair of adjacent
+  lines edited).
 
 Sequence level (exact choice). Every vector is the pooled hidden state (layer `contrastive_layer`,
 `pooling` mean|last) of a document span inside a prompt:
   anchor   = the ORIGINAL document span of A (with gradient);
   positive = the recitation span of B — the unaltered copy, in the recitation position (no gradient: a
              target);
-  negatives= the recitation span of A — the edited copy (with gradient) — and of C (no gradient);
-  plus, with `in_batch_negatives`, the other instances' positives and negatives.
+  negatives= the recitation span of A — the edited copy (with gradient) — and of every C (no gradient);
+  plus, with `in_batch_negatives`, the other instances' positives and negatives. Instances with fewer
+  hard negatives (no adjacent pair to edit) have their missing slots masked out.
 The original text appears in the same first position in A, B and C, so its states are identical across
 them; comparing it with the copy in the recitation position is what makes the task non-trivial: the
 copy's representation must move when lines are missing.
@@ -26,7 +29,7 @@ each gap is pushed away from its counterpart (max(0, cos - gap_margin)) — the 
 "something is missing". B's states are a target (no gradient). Only omission instances have a gap
 alignment; a gap at the very end of a copy has no token after it and is not marked.
 
-Cost. B and C share their first tokens with A (the instruction, the whole original document and the
+Cost. B and the Cs share their first tokens with A (the instruction, the whole original document and the
 copy up to its first difference), so with `share_prefix_cache` they are run only from their first
 differing token, on A's key/value cache; their earlier states are A's own (bit-identical in a causal
 model). Their tokens count 2·N each (forward only); A's 6·N.
@@ -44,11 +47,11 @@ from transformers import DynamicCache
 
 from absence_tasks.schema import Instance
 from trainers.config import ContrastiveConfig, ScriptArguments
-from trainers.data import (Encoded, common_prefix_length, complete_copy, document_char_spans, encode, hard_negative,
-                           missing_line_indices, token_span)
+from trainers.data import (HARD_NEGATIVE_KINDS, Encoded, common_prefix_length, complete_copy, document_char_spans,
+                           encode, hard_negatives, missing_line_indices, token_span)
 from trainers.losses import (char_map_for_omission, combined_loss, gap_alignment_loss, gap_char_positions_for_omission,
-                             gap_token_mask, next_token_targets, pool_hidden, sequence_infonce_loss,
-                             token_alignment_from_char_map, token_cross_entropy)
+                             gap_token_mask, negatives_by_row, next_token_targets, pool_hidden,
+                             sequence_infonce_loss, token_alignment_from_char_map, token_cross_entropy)
 from trainers.sft import CountingSFTTrainer, main_for
 
 # Collated keys the model never sees (compute_loss takes them out of the batch).
@@ -81,13 +84,15 @@ def _companion(tokenizer, instance: Instance, chat: bool, training_ids: Sequence
             "shared": common_prefix_length(ids, training_ids)}
 
 
-def contrastive_features(tokenizer, instance: Instance, chat: bool, with_hard_negative: bool = True) -> dict[str, Any]:
+def contrastive_features(tokenizer, instance: Instance, chat: bool,
+                         hard_negative_kinds: Sequence[str] = HARD_NEGATIVE_KINDS) -> dict[str, Any]:
     """Everything the contrastive trainer needs about one instance, as plain lists (a datasets row).
 
     input_ids / labels: the training sequence A, tokenised exactly as for SFT.
     original_span / recitation_span: [first, last) tokens of the two documents in A.
     complete_ids / complete_recitation / complete_shared: B (cut after its recitation), its recitation
-    tokens, and how many leading tokens it shares with A. hard_* likewise for C.
+    tokens, and how many leading tokens it shares with A. hard_ids / hard_recitation / hard_shared: the
+    same, one entry per hard negative (`hard_negatives(instance, hard_negative_kinds)`).
     alignment: per token of A, the position in B with the same text (-1: none); gap_mask: 1 at the first
     token after each gap."""
     training = encode(tokenizer, instance, chat)
@@ -116,16 +121,18 @@ def contrastive_features(tokenizer, instance: Instance, chat: bool, with_hard_ne
         "alignment": alignment,
         "gap_mask": gaps,
     }
-    if with_hard_negative:
-        hard = _companion(tokenizer, hard_negative(instance), chat, training.input_ids)
-        features.update(hard_ids=hard["ids"], hard_recitation=hard["recitation"], hard_shared=hard["shared"])
+    hard = [_companion(tokenizer, negative, chat, training.input_ids)
+            for negative in hard_negatives(instance, hard_negative_kinds)]
+    features.update(hard_ids=[h["ids"] for h in hard], hard_recitation=[h["recitation"] for h in hard],
+                    hard_shared=[h["shared"] for h in hard])
     return features
 
 
-def contrastive_dataset(tokenizer, instances: Sequence[Instance], chat: bool, with_hard_negative: bool):
+def contrastive_dataset(tokenizer, instances: Sequence[Instance], chat: bool, hard_negative_kinds: Sequence[str]):
     import datasets
 
-    return datasets.Dataset.from_list([contrastive_features(tokenizer, i, chat, with_hard_negative) for i in instances])
+    return datasets.Dataset.from_list([contrastive_features(tokenizer, i, chat, hard_negative_kinds)
+                                       for i in instances])
 
 
 # ---- batches ------------------------------------------------------------------------------------------
@@ -143,9 +150,10 @@ def _span_mask(spans: Sequence[Sequence[int]], length: int) -> torch.Tensor:
 
 @dataclass
 class ContrastiveCollator:
-    """Right-padded training sequences with their side information, plus the companion rows (complete
-    copies first, then hard negatives): only their tokens after the shared prefix (all of them when
-    `share_prefix` is off), the training row each belongs to and its shared-prefix length."""
+    """Right-padded training sequences with their side information, plus the companion rows (one complete
+    copy per training row first, in row order, then every hard negative of row 0, of row 1, ...): only
+    their tokens after the shared prefix (all of them when `share_prefix` is off), the training row each
+    belongs to and its shared-prefix length."""
 
     pad_token_id: int
     with_complete: bool = True
@@ -163,20 +171,26 @@ class ContrastiveCollator:
             "alignment": _pad([e["alignment"] for e in examples], -1),
             "gap_mask": _pad([e["gap_mask"] for e in examples], 0).bool(),
         }
-        kinds = (["complete"] if self.with_complete else []) + (["hard"] if self.with_hard_negative else [])
-        if not kinds:
+        # (training row, token ids, recitation span, tokens shared with the training row) per companion
+        rows = []
+        if self.with_complete:
+            rows += [(source, e["complete_ids"], e["complete_recitation"], e["complete_shared"])
+                     for source, e in enumerate(examples)]
+        if self.with_hard_negative:
+            rows += [(source, *hard) for source, e in enumerate(examples)
+                     for hard in zip(e["hard_ids"], e["hard_recitation"], e["hard_shared"])]
+        if not rows:
             return batch
-        rows = [(kind, source, e) for kind in kinds for source, e in enumerate(examples)]
-        prefixes = [e[f"{kind}_shared"] if self.share_prefix else 0 for kind, _, e in rows]
-        full_length = max(len(e[f"{kind}_ids"]) for kind, _, e in rows)
-        new_tokens = [e[f"{kind}_ids"][p:] for (kind, _, e), p in zip(rows, prefixes)]
+        prefixes = [shared if self.share_prefix else 0 for *_, shared in rows]
+        full_length = max(len(ids) for _, ids, _, _ in rows)
+        new_tokens = [ids[prefix:] for (_, ids, _, _), prefix in zip(rows, prefixes)]
         new_length = max(1, max(map(len, new_tokens)))
         batch.update(
             companion_input_ids=_pad(new_tokens, self.pad_token_id, new_length),
             companion_attention_mask=_pad([[1] * len(t) for t in new_tokens], 0, new_length),
-            companion_source=torch.tensor([source for _, source, _ in rows], dtype=torch.long),
+            companion_source=torch.tensor([source for source, *_ in rows], dtype=torch.long),
             companion_prefix=torch.tensor(prefixes, dtype=torch.long),
-            companion_recitation_mask=_span_mask([e[f"{kind}_recitation"] for kind, _, e in rows], full_length),
+            companion_recitation_mask=_span_mask([recitation for _, _, recitation, _ in rows], full_length),
         )
         return batch
 
@@ -301,10 +315,13 @@ class ContrastiveTrainer(CountingSFTTrainer):
         edited = pool_hidden(states, side["recitation_mask"], pooling)
         recitation_mask = side["companion_recitation_mask"]
         positive = pool_hidden(companions[:batch], recitation_mask[:batch], pooling)
-        negatives = [edited]
-        if companions.size(0) > batch:
-            negatives.append(pool_hidden(companions[batch:], recitation_mask[batch:], pooling))
-        return sequence_infonce_loss(anchor, positive, torch.stack(negatives, dim=1), self.args.temperature,
+        hard = (pool_hidden(companions[batch:], recitation_mask[batch:], pooling) if companions.size(0) > batch
+                else edited.new_zeros(0, edited.size(-1)))
+        hard, hard_mask = negatives_by_row(hard, side["companion_source"][batch:], batch)
+        negatives = torch.cat([edited.unsqueeze(1), hard], dim=1)
+        edited_present = torch.ones(batch, 1, dtype=torch.bool, device=hard_mask.device)
+        negative_mask = torch.cat([edited_present, hard_mask], dim=1)
+        return sequence_infonce_loss(anchor, positive, negatives, self.args.temperature, negative_mask=negative_mask,
                                      in_batch_negatives=self.args.in_batch_negatives)
 
 
@@ -319,7 +336,8 @@ CONTRASTIVE_DESCRIPTION = ("SFT loss plus the 'attend to absence' objectives: se
 def build_contrastive_trainer(script_args: ScriptArguments, training_args: ContrastiveConfig):
     def build(model, tokenizer, instances, peft_config, accountant):
         needs_companions = training_args.lambda_seq > 0 or training_args.lambda_gap > 0
-        with_hard = needs_companions and training_args.lambda_seq > 0 and training_args.hard_negatives
+        with_hard = (needs_companions and training_args.lambda_seq > 0 and training_args.hard_negatives
+                     and bool(training_args.hard_negative_kinds))
         # The dataset is tokenised here (with offsets); the trainer must keep its side columns.
         training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         training_args.remove_unused_columns = False
@@ -328,7 +346,8 @@ def build_contrastive_trainer(script_args: ScriptArguments, training_args: Contr
             with_complete=needs_companions, with_hard_negative=with_hard,
             # Gradient checkpointing turns the key/value cache off, so there is no prefix to reuse.
             share_prefix=training_args.share_prefix_cache and not training_args.gradient_checkpointing)
-        dataset = contrastive_dataset(tokenizer, instances, script_args.chat_template, with_hard)
+        dataset = contrastive_dataset(tokenizer, instances, script_args.chat_template,
+                                      training_args.hard_negative_kinds if with_hard else ())
         return ContrastiveTrainer(model=model, args=training_args, processing_class=tokenizer, train_dataset=dataset,
                                   data_collator=collator, peft_config=peft_config, callbacks=[accountant])
     return build

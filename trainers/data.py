@@ -190,7 +190,25 @@ def missing_line_indices(instance: Instance) -> list[int]:
     return sorted({*instance.omitted_indices, *instance.metadata.get("dropped_context_indices", ())})
 
 
-def hard_negative(instance: Instance) -> Instance:
+def _omittable_candidates(instance: Instance) -> list[int]:
+    """The original lines the generator could have omitted (scored ones first, else context, else any)."""
+    scored, context = omittable_indices(Document(instance.domain, instance.id, instance.original_lines))
+    return scored or context or list(range(len(instance.original_lines)))
+
+
+def _with_lines_edited(instance: Instance, edited: Sequence[int]) -> Instance:
+    """The same task whose only edit is `edited`: those original lines deleted (omission) or replaced by
+    the placeholder (placeholder)."""
+    gone = set(edited)
+    lines = instance.original_lines
+    if instance.variant == "placeholder":
+        modified = tuple(PLACEHOLDER if i in gone else line for i, line in enumerate(lines))
+    else:
+        modified = tuple(line for i, line in enumerate(lines) if i not in gone)
+    return replace(instance, modified_lines=modified, omitted_indices=tuple(sorted(gone)), metadata={})
+
+
+def shortest_line_negative(instance: Instance) -> Instance:
     """The same task with a single edit — the hardest kind (what the generator's `n_omitted=1` makes).
 
     omission / placeholder: the original's shortest omittable line (short lines are the easiest to miss;
@@ -203,12 +221,36 @@ def hard_negative(instance: Instance) -> Instance:
         before = sum(1 for i in instance.inserted_indices if i < position)  # needles ahead of it
         kept = lines[:position - before] + (instance.modified_lines[position],) + lines[position - before:]
         return replace(instance, modified_lines=kept, inserted_indices=(position - before,), metadata={})
-    scored, context = omittable_indices(Document(instance.domain, instance.id, lines))
-    candidates = sorted(scored or context or range(len(lines)), key=lambda i: (len(lines[i]), i))
+    candidates = sorted(_omittable_candidates(instance), key=lambda i: (len(lines[i]), i))
     own_edit = missing_line_indices(instance)
     choice = next((i for i in candidates if [i] != own_edit), candidates[0])
-    if instance.variant == "placeholder":
-        modified = tuple(PLACEHOLDER if i == choice else line for i, line in enumerate(lines))
-    else:
-        modified = tuple(line for i, line in enumerate(lines) if i != choice)
-    return replace(instance, modified_lines=modified, omitted_indices=(choice,), metadata={})
+    return _with_lines_edited(instance, [choice])
+
+
+def adjacent_pair_negative(instance: Instance) -> Instance | None:
+    """The same task with two adjacent lines edited, one gap that hides two lines: of the pairs of
+    neighbouring omittable lines, the one with the shortest combined length (first of equals), other
+    than the instance's own edit. None when there is no such pair (needle instances — their edits are
+    insertions —, documents without two neighbouring omittable lines, or a pair that is the whole
+    document). Deterministic: no randomness involved."""
+    lines = instance.original_lines
+    if instance.variant == "needle" or len(lines) < 3:
+        return None
+    candidates = set(_omittable_candidates(instance))
+    pairs = sorted(((i, i + 1) for i in candidates if i + 1 in candidates),
+                   key=lambda pair: (len(lines[pair[0]]) + len(lines[pair[1]]), pair[0]))
+    own_edit = missing_line_indices(instance)
+    pair = next((p for p in pairs if list(p) != own_edit), None)
+    return None if pair is None else _with_lines_edited(instance, pair)
+
+
+HARD_NEGATIVE_BUILDERS = {"shortest_line": shortest_line_negative, "adjacent_pair": adjacent_pair_negative}
+HARD_NEGATIVE_KINDS = tuple(HARD_NEGATIVE_BUILDERS)
+
+
+def hard_negatives(instance: Instance, kinds: Sequence[str] = HARD_NEGATIVE_KINDS) -> list[Instance]:
+    """The hard negatives of `instance`, one per kind in `kinds` order, leaving out kinds that do not apply."""
+    if bad := [k for k in kinds if k not in HARD_NEGATIVE_BUILDERS]:
+        raise ValueError(f"unknown hard negative kind {bad[0]!r} (expected {', '.join(HARD_NEGATIVE_KINDS)})")
+    built = (HARD_NEGATIVE_BUILDERS[kind](instance) for kind in kinds)
+    return [negative for negative in built if negative is not None]

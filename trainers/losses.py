@@ -7,7 +7,8 @@ Objectives
   elsewhere); `next_token_targets` picks the positions that have a target so the trainer can ask the
   model for those logits only.
 * `pool_hidden`: one vector per row from the states of a token span (mean or last token).
-* `sequence_infonce_loss`: the original must be closer to its complete copy than to its edited versions.
+* `sequence_infonce_loss`: the original must be closer to its complete copy than to its edited versions;
+  `negatives_by_row` arranges a varying number of negatives per row into its (B, K, H) input and mask.
 * `gap_alignment_terms` / `gap_alignment_loss`: the edited document's states match the complete
   document's at corresponding tokens, except the first token after a gap, which is pushed away.
 * `combined_loss`, `step_flops`.
@@ -100,6 +101,25 @@ def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean") ->
     positions = torch.arange(mask.size(1), device=mask.device).expand_as(mask)
     last = torch.where(mask, positions, -1).max(dim=1).values
     return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+
+
+def negatives_by_row(vectors: torch.Tensor, rows: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Negatives listed one per entry — vectors (R, H), rows (R,) the batch row each belongs to — as the
+    (B, K, H) tensor `sequence_infonce_loss` takes, K the most any row has, each row's in order of
+    appearance, and the (B, K) mask that is False at the zero padding of rows with fewer."""
+    if vectors.size(0) != rows.numel():
+        raise ValueError(f"{vectors.size(0)} vectors but {rows.numel()} row indices")
+    if rows.numel() and not 0 <= int(rows.min()) <= int(rows.max()) < batch:
+        raise ValueError(f"row indices must lie in 0..{batch - 1}, got {rows.tolist()}")
+    counts = torch.bincount(rows, minlength=batch)
+    k = int(counts.max()) if rows.numel() else 0
+    # slot of entry r = how many earlier entries belong to the same row
+    slots = (F.one_hot(rows, batch).cumsum(dim=0) - 1).gather(1, rows[:, None]).flatten()
+    negatives = vectors.new_zeros(batch, k, vectors.size(-1))
+    negatives[rows, slots] = vectors
+    mask = torch.zeros(batch, k, dtype=torch.bool, device=vectors.device)
+    mask[rows, slots] = True
+    return negatives, mask
 
 
 def sequence_infonce_loss(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor | None,

@@ -2,9 +2,10 @@
 
 TRL's SFTTrainer on the prompt-completion pairs of `trainers.data` (loss on the answer and its end-of-turn
 token only), plus what a fair comparison with the contrastive method needs: every trainer here counts the
-tokens it processes and its training FLOPs (`ComputeAccountant`), can stop at a FLOP budget, and ends by
-writing a plain HF checkpoint (LoRA merged) with a model card recording method, configuration, seed, data
-hash, tokens and FLOPs. Multi-GPU runs come from `accelerate launch` / `torchrun`, through the Trainer.
+tokens it processes, its training FLOPs and the wall time of its optimizer steps (`ComputeAccountant`), can
+stop at a FLOP or a time budget, and ends by writing a plain HF checkpoint (LoRA merged) with a model card
+recording method, configuration, seed, data hash, tokens, FLOPs, training time and what stopped it.
+Multi-GPU runs come from `accelerate launch` / `torchrun`, through the Trainer.
 
 This module also holds the run machinery both methods share (`prepare`, `train_and_save`, `main_for`).
 """
@@ -24,6 +25,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never try the hub
 
 import torch
+import yaml
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from trl import SFTTrainer, TrlParser
@@ -53,46 +55,87 @@ def matmul_parameter_count(model: torch.nn.Module) -> int:
 
 
 class ComputeAccountant(TrainerCallback, ExportableState):
-    """Tokens and FLOPs of a run, summed over all processes; stops training at `budget_flops`.
+    """Tokens and FLOPs of a run, summed over all processes, and the wall seconds spent in its optimizer
+    steps (each from the step's start to its end: forward, backward, update — not start-up, logging or
+    checkpoint saving); stops training at `budget_flops` or `budget_seconds`, whichever comes first.
 
-    Its counts live in trainer_state.json (`stateful_callbacks`), so a resumed run continues them."""
+    Its counts live in trainer_state.json (`stateful_callbacks`), so a resumed run continues them (the
+    steps after the last checkpoint are done again, and counted again: their first attempt was lost)."""
 
-    def __init__(self, n_params: int = 0, budget_flops: float | None = None):
+    # What on_train_begin takes back from a checkpoint: the counts, not the stop flags of an earlier session.
+    COUNTS = ("tokens_trained", "tokens_forward_only", "flops", "train_seconds")
+
+    def __init__(self, n_params: int = 0, budget_flops: float | None = None, budget_seconds: float | None = None):
         self.n_params = n_params
         self.budget_flops = budget_flops
+        self.budget_seconds = budget_seconds
         self.tokens_trained = 0
         self.tokens_forward_only = 0
         self.flops = 0
+        self.train_seconds = 0.0
         self.stopped_by_budget = False
+        self.stopped_by_time = False
+        self._step_started = time.perf_counter()
 
     def add(self, trained_tokens: int, forward_only_tokens: int = 0) -> None:
         self.tokens_trained += trained_tokens
         self.tokens_forward_only += forward_only_tokens
         self.flops += step_flops(self.n_params, trained_tokens, forward_only_tokens)
 
+    def stopped_by(self) -> list[str]:
+        """The budgets (their flag names) that ended the run; empty when it ran to its step/epoch limit."""
+        return [name for name, hit in (("compute_budget_flops", self.stopped_by_budget),
+                                       ("max_train_seconds", self.stopped_by_time)) if hit]
+
     def summary(self) -> dict[str, Any]:
         return {"n_params": self.n_params, "tokens_trained": self.tokens_trained,
                 "tokens_forward_only": self.tokens_forward_only, "flops": self.flops,
-                "budget_flops": self.budget_flops, "stopped_by_budget": self.stopped_by_budget}
+                "train_seconds": round(self.train_seconds, 3), "budget_flops": self.budget_flops,
+                "budget_seconds": self.budget_seconds, "stopped_by_budget": self.stopped_by_budget,
+                "stopped_by_time": self.stopped_by_time, "stopped_by": self.stopped_by()}
 
     def state(self) -> dict[str, Any]:
-        return {"args": {"n_params": self.n_params, "budget_flops": self.budget_flops},
+        return {"args": {"n_params": self.n_params, "budget_flops": self.budget_flops,
+                         "budget_seconds": self.budget_seconds},
                 "attributes": {"tokens_trained": self.tokens_trained, "tokens_forward_only": self.tokens_forward_only,
-                               "flops": self.flops, "stopped_by_budget": self.stopped_by_budget}}
+                               "flops": self.flops, "train_seconds": self.train_seconds,
+                               "stopped_by_budget": self.stopped_by_budget, "stopped_by_time": self.stopped_by_time}}
 
     def on_train_begin(self, args, state, control, **kwargs):
         # transformers restores callback state only with restore_callback_states_from_checkpoint; the counts
         # must survive a resume whatever that flag says, so take them from the loaded state ourselves.
         saved = state.stateful_callbacks.get(type(self).__name__)
         if state.global_step > 0 and self.tokens_trained == 0 and isinstance(saved, dict):
-            for name, value in saved.get("attributes", {}).items():
-                setattr(self, name, value)
+            attributes = saved.get("attributes", {})
+            for name in self.COUNTS:
+                if name in attributes:
+                    setattr(self, name, attributes[name])
+        self._step_started = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.budget_flops is not None and self.flops >= self.budget_flops:
-            self.stopped_by_budget = True
+        now = time.perf_counter()
+        self.train_seconds += _slowest_process(now - self._step_started, args.device)
+        # Should a step's on_step_begin be skipped, its time still counts: from the previous step's end.
+        self._step_started = now
+        self.stopped_by_budget = self.budget_flops is not None and self.flops >= self.budget_flops
+        self.stopped_by_time = self.budget_seconds is not None and self.train_seconds >= self.budget_seconds
+        if self.stopped_by_budget or self.stopped_by_time:
             control.should_training_stop = True
         return control
+
+
+def _slowest_process(seconds: float, device: torch.device) -> float:
+    """The longest of the processes' `seconds` (a multi-process step ends when its slowest process does).
+    Every process then adds the same time, so all of them stop at the same step: a process stopping
+    alone would leave the others waiting for it forever."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return seconds
+    longest = torch.tensor([seconds], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(longest, op=torch.distributed.ReduceOp.MAX)
+    return float(longest.item())
 
 
 class ComputeAccountingMixin:
@@ -112,7 +155,7 @@ class ComputeAccountingMixin:
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         totals = self.accountant()
         logs = {**logs, "tokens_trained": totals.tokens_trained, "tokens_forward_only": totals.tokens_forward_only,
-                "train_flops": float(totals.flops)}
+                "train_flops": float(totals.flops), "train_seconds": round(totals.train_seconds, 3)}
         super().log(logs, *args, **kwargs)
 
     def create_model_card(self, *args, **kwargs) -> None:
@@ -237,8 +280,10 @@ def model_card(method: str, record: dict[str, Any]) -> str:
         f"| tokens trained (forward + backward) | {compute['tokens_trained']:,} |",
         f"| tokens forward-only | {compute['tokens_forward_only']:,} |",
         f"| training FLOPs (6·N·trained + 2·N·forward-only, N = {compute['n_params']:,}) | {compute['flops']:.4g} |",
-        f"| FLOP budget | {compute['budget_flops'] if compute['budget_flops'] is not None else 'none'}"
-        f"{' (reached: stopped early)' if compute['stopped_by_budget'] else ''} |",
+        f"| training wall time (s in optimizer steps, summed over sessions) | {compute['train_seconds']:.1f} |",
+        f"| FLOP budget (--compute_budget_flops) | {_budget(compute['budget_flops'], compute['stopped_by_budget'])} |",
+        f"| time budget (--max_train_seconds) | {_budget(compute['budget_seconds'], compute['stopped_by_time'])} |",
+        f"| stopped by | {' and '.join(compute['stopped_by']) or 'the step/epoch limit'} |",
         f"| seed / data seed | {record['seed']} / {record['data_seed']} |",
         f"| training instances | {data['n_instances']} ({', '.join(data['domains'])}; {', '.join(data['variants'])}) |",
         f"| data sha256 ({DATA_NAME}) | `{data['sha256']}` |",
@@ -256,6 +301,10 @@ def model_card(method: str, record: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _budget(value: float | None, reached: bool) -> str:
+    return "none" if value is None else f"{value:g}{' (reached: stopped early)' if reached else ''}"
 
 
 def read_model_card(directory: str | os.PathLike) -> dict[str, Any]:
@@ -331,7 +380,8 @@ def prepare(method: str, description: str, script_args: ScriptArguments, trainin
     model = load_model(script_args.model_name_or_path)
     peft_config = lora_config(script_args, model) if script_args.use_peft else None
     _end_of_turn_in_generation_config(model, tokenizer)
-    accountant = ComputeAccountant(matmul_parameter_count(model), script_args.compute_budget_flops)
+    accountant = ComputeAccountant(matmul_parameter_count(model), script_args.compute_budget_flops,
+                                   script_args.max_train_seconds)
     trainer = build_trainer(model, tokenizer, instances, peft_config, accountant)
     return PreparedRun(method, description, script_args, training_args, instances, data_seed, resume, trainer)
 
@@ -375,17 +425,28 @@ def _versions() -> dict[str, str]:
             "peft": peft.__version__}
 
 
+def _usage(method: str, config_class: type) -> str:
+    own = "the model and data options (down to --max_train_seconds)"
+    if config_class is not AbsenceSFTConfig:
+        own += " and the contrastive ones (from --lambda_seq, at the end)"
+    return (f"Train a model on AbsenceBench-style omission tasks ({method}) and save a plain checkpoint with a "
+            f"model card in --output_dir. Any option can also come from a YAML file, `--config run.yaml` (keys "
+            f"are the option names; options on the command line win). Reverse Needle's own options are {own}; "
+            f"the rest are TRL's SFTConfig and transformers' TrainingArguments.")
+
+
 def main_for(method: str, description: str, config_class: type,
              trainer_builder: Callable[[ScriptArguments, Any], Callable[..., Any]],
              argv: Sequence[str] | None = None) -> int:
     """Parse `argv` (flags and/or --config YAML), prepare, train, save. Bad input — anything wrong before
     training starts — is one stderr line and exit code 2; errors during training keep their traceback."""
     try:
-        parser = TrlParser((ScriptArguments, config_class))
+        parser = TrlParser((ScriptArguments, config_class), prog=f"python -m trainers.{method}",
+                           description=_usage(method, config_class))
         script_args, training_args = parser.parse_args_and_config(args=None if argv is None else list(argv))
         prepared = prepare(method, description, script_args, training_args,
                            trainer_builder(script_args, training_args))
-    except (ValueError, FileNotFoundError, DataError) as error:
+    except (ValueError, FileNotFoundError, DataError, yaml.YAMLError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     out = train_and_save(prepared)

@@ -1,0 +1,97 @@
+"""The study command end to end on a tiny random Llama (HF backend): killed in the middle of SFT
+training, run again, it resumes that training, skips finished stages and publishes the leaderboard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from leaderboard.experiment import make_plan, parse_duration
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_parse_duration():
+    assert parse_duration("90m") == 5400
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("45s") == 45
+    assert parse_duration("600") == 600
+    with pytest.raises(Exception, match="not a duration"):
+        parse_duration("soon")
+
+
+@pytest.mark.parametrize("minutes", [15, 60, 90])
+def test_plan_fits_the_budget(minutes):
+    plan = make_plan(minutes * 60, "vllm", seed=0)
+    # SFT and contrastive train for about sft_seconds each; evaluation of three models takes the rest.
+    assert plan.n_eval >= 3 and plan.sft_seconds >= 30
+    evaluation = 3 * (90 + plan.n_eval * 6 / 0.7)
+    assert 150 + evaluation + 2 * plan.sft_seconds <= minutes * 60 + 1
+    bigger = make_plan(minutes * 60 * 2, "vllm", seed=0)
+    assert bigger.n_eval > plan.n_eval and bigger.sft_seconds > plan.sft_seconds
+
+
+def _study_command(model: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "leaderboard.experiment", "--model", str(model), "--out", str(out),
+            "--backend", "hf", "--n-eval", "1", "--sft-seconds", "12", "--budget", "10m", "--",
+            "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1", "--save_steps", "1",
+            "--max_length", "3000"]
+
+
+def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, tmp_path):
+    out = tmp_path / "study"
+    env = {**os.environ, "REVERSE_NEEDLE_CACHE": str(tmp_path / "cache")}
+    first = subprocess.Popen(_study_command(tiny_llama_dir, out), cwd=ROOT, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list((out / "models" / "sft").glob("checkpoint-*/trainer_state.json")):
+        assert first.poll() is None, f"study ended before SFT saved a checkpoint:\n{first.stderr.read()[-3000:]}"
+        assert time.time() < deadline, "SFT saved no checkpoint within 5 minutes"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    data_marker = json.loads((out / "stages" / "data.json").read_text())
+    assert not (out / "stages" / "sft.json").exists()
+
+    second = subprocess.run(_study_command(tiny_llama_dir, out), cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "stage 2/9 data: done before, skipped" in second.stderr
+    assert json.loads((out / "stages" / "data.json").read_text()) == data_marker
+
+    from trainers.sft import read_model_card
+
+    sft, contrastive = read_model_card(out / "models" / "sft"), read_model_card(out / "models" / "contrastive")
+    assert sft["resumed_from"] is not None  # the second run continued the killed training
+    assert sft["compute"]["stopped_by_time"]
+    # Equal compute: contrastive trains until it has spent SFT's FLOPs (and stops within one step of it).
+    assert contrastive["compute"]["budget_flops"] == sft["compute"]["flops"]
+    assert contrastive["compute"]["flops"] >= sft["compute"]["flops"]
+
+    board = json.loads((out / "leaderboard.json").read_text())
+    methods = {row["method"] for row in board["rows"]}
+    assert {"oracle", "zero-shot", "sft", "contrastive", "reported"} <= methods
+    oracle = next(row for row in board["rows"] if row["method"] == "oracle")
+    assert oracle["average"]["value"] == 1.0
+    assert board["comparisons"], "the contrastive-vs-SFT paired test is missing"
+    page = out / "page"
+    assert (page / "index.html").is_file() and (page / "f1_by_domain.png").stat().st_size > 0
+
+    # A finished study run again does nothing but say so.
+    third = subprocess.run(_study_command(tiny_llama_dir, out), cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert third.returncode == 0 and third.stderr.count("done before, skipped") == 9
+
+
+def test_bad_model_path_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "study"
+    result = subprocess.run([sys.executable, "-m", "leaderboard.experiment", "--model", str(tmp_path),
+                             "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "config.json" in result.stderr
+    assert not out.exists()
