@@ -44,11 +44,15 @@ TASK_GROUPS = ("absencebench", "absencebench_placeholder")
 DOMAINS = ("numerical", "poetry", "github_prs")
 EVAL_VARIANTS = ("omission", "placeholder")
 
-# Costs measured on the 2-core machine (README "Measured"), used only to split a wall-time budget.
-VLLM_START_SECONDS = 90         # engine start-up of a 135M model, eager mode, on CPU
-VLLM_INSTANCES_PER_SECOND = 0.7  # default-suite instances (bf16, batched)
-HF_INSTANCES_PER_SECOND = 0.07   # lm-eval's HF backend, fp32, batch 8
-FIXED_SECONDS = 150              # model conversion, data, oracle evaluation, publishing, model saves
+# Costs measured on the 2-core machine, used only to split a wall-time budget: an lm-eval + vLLM start of
+# a 135M model (eager, CPU) about 1.5 minutes; the 6-task suite (omission + placeholder) about 0.2 instances/s
+# with vLLM (bf16) and far less with lm-eval's HF backend; an optimizer step of 8 instances ~3 min (SFT,
+# bf16 autocast).
+VLLM_START_SECONDS = 90
+VLLM_INSTANCES_PER_SECOND = 0.2
+HF_INSTANCES_PER_SECOND = 0.03
+FIXED_SECONDS = 240              # model conversion, data, oracle evaluation, publishing, model loads and saves
+SHORT_RUN_SECONDS = 600          # below this SFT budget, optimizer steps of 2 instances, not 8
 
 
 @dataclass
@@ -61,6 +65,8 @@ class Plan:
     sft_seconds: float       # SFT wall-time budget; contrastive gets SFT's FLOPs
     seed: int
     train_domains: tuple[str, ...] = DOMAINS  # fewer: cross-domain transfer to the left-out ones
+    # The time budget is checked after each optimizer step; a short run needs short steps to stop on time.
+    gradient_accumulation_steps: int = 4
 
 
 def parse_duration(text: str) -> float:
@@ -78,17 +84,19 @@ def make_plan(budget_seconds: float, backend: str, seed: int, n_eval: int | None
     contrastive for about the same time each (equal FLOPs; contrastive does more per second, so it
     needs no more time than SFT)."""
     rate = VLLM_INSTANCES_PER_SECOND if backend == "vllm" else HF_INSTANCES_PER_SECOND
-    start = VLLM_START_SECONDS if backend == "vllm" else 20
+    start = VLLM_START_SECONDS if backend == "vllm" else 20  # HF: loading the model
     usable = max(budget_seconds - FIXED_SECONDS, 60)
     if n_eval is None:
         per_model = 0.4 * usable / 3 - start
-        n_eval = max(3, int(per_model * rate / (len(DOMAINS) * len(EVAL_VARIANTS))))
+        n_eval = max(2, int(per_model * rate / (len(DOMAINS) * len(EVAL_VARIANTS))))
     if sft_seconds is None:
         eval_seconds = 3 * (start + n_eval * len(DOMAINS) * len(EVAL_VARIANTS) / rate)
         sft_seconds = max(30.0, (budget_seconds - FIXED_SECONDS - eval_seconds) / 2)
-    # Enough distinct training instances that the budget, not the data, ends training (≈1 instance/s).
+    # Far more distinct training instances than a budget gets through (a few s each): the budget ends training.
     n_train = max(20, min(1000, int(sft_seconds / len(train_domains)) + 10))
-    return Plan(budget_seconds, backend, n_eval, n_train, round(sft_seconds, 1), seed, tuple(train_domains))
+    accumulation = 1 if sft_seconds < SHORT_RUN_SECONDS else 4
+    return Plan(budget_seconds, backend, n_eval, n_train, round(sft_seconds, 1), seed, tuple(train_domains),
+                accumulation)
 
 
 def default_backend() -> str:
@@ -166,6 +174,8 @@ class Study:
                 # 1e-4 moves a 135M model within them; the trainers' 2e-5 default is for longer runs.
                 "--learning_rate", "1e-4", "--lr_scheduler_type", "constant_with_warmup", "--warmup_steps", "5",
                 "--logging_steps", "1", "--save_steps", "10", "--save_total_limit", "1", "--report_to", "none",
+                "--per_device_train_batch_size", "2",
+                "--gradient_accumulation_steps", str(self.plan.gradient_accumulation_steps),
                 "--bf16", "true", "--use_cpu", "true"]  # bf16 autocast: about 1.7x faster steps on this CPU
         if method == "sft":
             args += ["--max_train_seconds", str(self.plan.sft_seconds)]

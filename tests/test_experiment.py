@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from leaderboard.experiment import make_plan, parse_duration
+from leaderboard.experiment import (FIXED_SECONDS, SHORT_RUN_SECONDS, VLLM_INSTANCES_PER_SECOND,
+                                   VLLM_START_SECONDS, make_plan, parse_duration)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,9 +30,10 @@ def test_parse_duration():
 def test_plan_fits_the_budget(minutes):
     plan = make_plan(minutes * 60, "vllm", seed=0)
     # SFT and contrastive train for about sft_seconds each; evaluation of three models takes the rest.
-    assert plan.n_eval >= 3 and plan.sft_seconds >= 30
-    evaluation = 3 * (90 + plan.n_eval * 6 / 0.7)
-    assert 150 + evaluation + 2 * plan.sft_seconds <= minutes * 60 + 1
+    assert plan.n_eval >= 2 and plan.sft_seconds >= 30
+    evaluation = 3 * (VLLM_START_SECONDS + plan.n_eval * 6 / VLLM_INSTANCES_PER_SECOND)
+    assert FIXED_SECONDS + evaluation + 2 * plan.sft_seconds <= minutes * 60 + 1
+    assert plan.gradient_accumulation_steps == (1 if plan.sft_seconds < SHORT_RUN_SECONDS else 4)
     bigger = make_plan(minutes * 60 * 2, "vllm", seed=0)
     assert bigger.n_eval > plan.n_eval and bigger.sft_seconds > plan.sft_seconds
 
