@@ -110,6 +110,8 @@ class Study:
         self.out, self.plan, self.extra_train_args = out, plan, extra_train_args
         self.model = model or out / "models" / "zero-shot"
         self.user_model = model is not None
+        # Leaderboard row names: "<base model>-<method>"; the embedded default is SmolLM2-135M(-Instruct).
+        self.model_label = model.name if model is not None else "smollm2-135m"
         self.started = time.time()
 
     def log(self, message: str) -> None:
@@ -156,8 +158,8 @@ class Study:
         from absence_tasks.schema import write_jsonl
 
         data = self.out / "data"
-        train = [i for d in self.plan.train_domains for i in generate_instances(d, "omission", self.plan.n_train, "train",
-                                                                 self.plan.seed)]
+        train = [instance for domain in self.plan.train_domains
+                 for instance in generate_instances(domain, "omission", self.plan.n_train, "train", self.plan.seed)]
         write_jsonl(data / "train.jsonl", train)
         for domain in DOMAINS:
             for variant in EVAL_VARIANTS:
@@ -218,9 +220,9 @@ class Study:
         lb = [sys.executable, "-m", "leaderboard"]
         for name in ("oracle", "zero-shot", "sft", "contrastive"):
             self.command(lb + ["publish", str(self.out / "eval" / name), "--out", str(board), "--method", name,
-                               "--model-name", "difflib-oracle" if name == "oracle" else f"smollm2-135m-{name}"])
+                               "--model-name", "difflib-oracle" if name == "oracle" else f"{self.model_label}-{name}"])
         self.command(lb + ["add-reported", "--out", str(board)])
-        self.command(lb + ["compare", str(board), "smollm2-135m-contrastive", "smollm2-135m-sft"])
+        self.command(lb + ["compare", str(board), f"{self.model_label}-contrastive", f"{self.model_label}-sft"])
         self.command(lb + ["render", str(board), "--out", str(self.out / "page"), "--screenshot"])
         return {"leaderboard": str(board), "page": str(self.out / "page" / "index.html")}
 

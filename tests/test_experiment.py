@@ -81,6 +81,7 @@ def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, tmp_
     oracle = next(row for row in board["rows"] if row["method"] == "oracle")
     assert oracle["average"]["value"] == 1.0
     assert board["comparisons"], "the contrastive-vs-SFT paired test is missing"
+    assert {row["model"] for row in board["rows"] if row["method"] == "sft"} == {"tiny-llama-sft"}
     page = out / "page"
     assert (page / "index.html").is_file() and (page / "f1_by_domain.png").stat().st_size > 0
 
