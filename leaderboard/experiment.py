@@ -167,43 +167,51 @@ class Study:
                 write_jsonl(data / "suite" / f"{domain}_{variant}_test.jsonl", test)
         return {"train_instances": len(train), "test_instances_per_task": self.plan.n_eval}
 
-    def train(self, method: str) -> dict:
-        output = self.out / "models" / method
+    def train(self, method: str, name: str | None = None, train_file: Path | None = None,
+              run_args: list[str] | None = None) -> dict:
+        """`python -m trainers.<method>` into models/<name>; `run_args` say how long and how fast it trains
+        (default: the study's budgets: SFT for a wall time, contrastive for the FLOPs SFT used)."""
+        output = self.out / "models" / (name or method)
         args = [sys.executable, "-m", f"trainers.{method}", "--model_name_or_path", str(self.model),
-                "--train_file", str(self.out / "data" / "train.jsonl"), "--output_dir", str(output),
-                "--seed", str(self.plan.seed), "--num_train_epochs", "100",  # a budget ends training
-                # A budget-limited run is a few dozen optimizer steps: a constant rate (after warm-up) of
-                # 1e-4 moves a 135M model within them; the trainers' 2e-5 default is for longer runs.
-                "--learning_rate", "1e-4", "--lr_scheduler_type", "constant_with_warmup", "--warmup_steps", "5",
-                "--logging_steps", "1", "--save_steps", "10", "--save_total_limit", "1", "--report_to", "none",
-                "--per_device_train_batch_size", "2",
-                "--gradient_accumulation_steps", str(self.plan.gradient_accumulation_steps),
+                "--train_file", str(train_file or self.out / "data" / "train.jsonl"), "--output_dir", str(output),
+                "--seed", str(self.plan.seed), "--logging_steps", "1", "--save_steps", "10", "--save_total_limit",
+                "1", "--report_to", "none", "--per_device_train_batch_size", "2",
                 "--bf16", "true", "--use_cpu", "true"]  # bf16 autocast: about 1.7x faster steps on this CPU
-        if method == "sft":
-            args += ["--max_train_seconds", str(self.plan.sft_seconds)]
-        else:
-            args += ["--compute_budget_flops", str(training_record(self.out / "models" / "sft")["compute"]["flops"])]
+        args += self.budget_args(method) if run_args is None else run_args
         from trainers.sft import last_complete_checkpoint
 
         if last_complete_checkpoint(output):
             args += ["--resume_from_checkpoint", "last"]
         self.command(args + self.extra_train_args)
         compute = training_record(output)["compute"]
-        return {"flops": compute["flops"], "tokens_trained": compute["tokens_trained"]}
+        return {"flops": compute["flops"], "tokens_trained": compute["tokens_trained"],
+                "instances_trained": compute["instances_trained"]}
 
-    def evaluate(self, name: str) -> dict:
+    def budget_args(self, method: str) -> list[str]:
+        # A budget-limited run is a few dozen optimizer steps: a constant rate (after warm-up) of 1e-4 moves
+        # a 135M model within them; the trainers' 2e-5 default is for longer runs.
+        args = ["--num_train_epochs", "100",  # a budget ends training
+                "--learning_rate", "1e-4", "--lr_scheduler_type", "constant_with_warmup", "--warmup_steps", "5",
+                "--gradient_accumulation_steps", str(self.plan.gradient_accumulation_steps)]
+        if method == "sft":
+            return args + ["--max_train_seconds", str(self.plan.sft_seconds)]
+        return args + ["--compute_budget_flops", str(training_record(self.out / "models" / "sft")["compute"]["flops"])]
+
+    def evaluate(self, name: str, model: Path | None = None, groups: tuple[str, ...] = TASK_GROUPS) -> dict:
+        """lm-eval on the test suite into eval/<name>: the oracle, or a model (default: the base model for
+        zero-shot, else models/<name>)."""
         output = self.out / "eval" / name
         metadata = json.dumps({"data_dir": str(self.out / "data" / "suite")})
         # `absence-lm-eval`: lm_eval's CLI with the project's models (the oracle) registered; started through
         # the interpreter so it is the same environment even when the console script is not on PATH.
         lm_eval_cli = [sys.executable, "-c", "from absence_tasks.lm_eval_models import main; main()"]
         args = [*lm_eval_cli, "--include_path", str(ROOT / "task_configs"),
-                "--tasks", *TASK_GROUPS, "--metadata", metadata, "--output_path", str(output), "--log_samples",
+                "--tasks", *groups, "--metadata", metadata, "--output_path", str(output), "--log_samples",
                 "--seed", str(self.plan.seed)]
         if name == "oracle":
             args += ["--model", "absence-oracle"]
         else:
-            model = self.model if name == "zero-shot" else self.out / "models" / name
+            model = model or (self.model if name == "zero-shot" else self.out / "models" / name)
             args += ["--apply_chat_template", "--use_cache", str(self.out / "eval" / f".cache-{name}")]
             if self.plan.backend == "vllm":
                 args += ["--model", "vllm", "--batch_size", "auto", "--model_args",
@@ -226,11 +234,14 @@ class Study:
         self.command(lb + ["render", str(board), "--out", str(self.out / "page"), "--screenshot"])
         return {"leaderboard": str(board), "page": str(self.out / "page" / "index.html")}
 
+    def stages(self) -> list[tuple[str, Any]]:
+        return [("model", self.prepare_model), ("data", self.build_data),
+                ("sft", lambda: self.train("sft")), ("contrastive", lambda: self.train("contrastive")),
+                *[(f"eval-{n}", lambda n=n: self.evaluate(n)) for n in ("oracle", "zero-shot", "sft", "contrastive")],
+                ("publish", self.publish)]
+
     def run(self) -> None:
-        stages = [("model", self.prepare_model), ("data", self.build_data),
-                  ("sft", lambda: self.train("sft")), ("contrastive", lambda: self.train("contrastive")),
-                  *[(f"eval-{n}", lambda n=n: self.evaluate(n)) for n in ("oracle", "zero-shot", "sft", "contrastive")],
-                  ("publish", self.publish)]
+        stages = self.stages()
         for index, (name, run) in enumerate(stages, 1):
             self.stage(name, index, len(stages), run)
         total = sum(json.loads(self.marker(n).read_text())["seconds"] for n, _ in stages)
@@ -282,7 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("train_args", nargs=argparse.REMAINDER,
                         help="after `--`: extra flags for both trainers, e.g. -- --learning_rate 5e-5")
-    args = parser.parse_args(argv)
+    return launch(parser.parse_args(argv), load_or_make_plan, Study, "experiment")
+
+
+def launch(args: argparse.Namespace, plan_loader, study_class: type[Study], program: str) -> int:
+    """Check the base model, plan (or take the stored plan) and run the stages; errors are one line, exit 2.
+    Shared by the study and the data-efficiency curve (`leaderboard.curve`)."""
     extra = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
     try:
         if args.model is not None:  # before anything is written
@@ -290,15 +306,14 @@ def main(argv: list[str] | None = None) -> int:
 
             load_checkpoint_or_die(args.model)
         args.out.mkdir(parents=True, exist_ok=True)
-        plan = load_or_make_plan(args.out, args)
-        study = Study(args.out.resolve(), plan, args.model.resolve() if args.model else None, extra)
+        plan = plan_loader(args.out, args)
+        study = study_class(args.out.resolve(), plan, args.model.resolve() if args.model else None, extra)
         study.log(f"plan: {json.dumps(asdict(plan))}")
         study.run()
     except (StudyError, ValueError) as error:
-        print(f"experiment: error: {error}", file=sys.stderr)
+        print(f"{program}: error: {error}", file=sys.stderr)
         return 2
     return 0
-
 
 if __name__ == "__main__":  # vLLM and the trainers run in child processes
     sys.exit(main())

@@ -239,8 +239,11 @@ def training_budget(card: Path, record: dict[str, Any]) -> dict[str, Any]:
     # The trainers' own clock (optimizer-step time summed over every session of a resumed run) when the
     # card has it; older cards only know the wall time of their last session.
     seconds = compute.get("train_seconds", record.get("wall_seconds_last_session"))
-    return {"tokens": int(compute["tokens_trained"]), "flops": float(compute["flops"]),
-            "wall_seconds": float(seconds) if isinstance(seconds, (int, float)) else None}
+    budget = {"tokens": int(compute["tokens_trained"]), "flops": float(compute["flops"]),
+              "wall_seconds": float(seconds) if isinstance(seconds, (int, float)) else None}
+    if isinstance(compute.get("instances_trained"), int):  # cards from before it was counted have none
+        budget["instances"] = compute["instances_trained"]
+    return budget
 
 
 def display_path(path: Path) -> str:

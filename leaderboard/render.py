@@ -1,6 +1,8 @@
 """Leaderboard file → `leaderboard.md`, a static `index.html` (sortable tables, vanilla JS, no network) and
-`f1_by_domain.png` (per-domain F1 of the measured rows with CI whiskers); optionally `screenshot.png` of the
-page taken with headless Chromium.
+`f1_by_domain.png` (per-domain F1 of the measured rows with CI whiskers); when the leaderboard holds a
+data-efficiency series (one method trained on two or more numbers of instances, as `python -m
+leaderboard.curve` publishes), `data_efficiency.png` and its table; optionally `screenshot.png` of the page
+taken with headless Chromium.
 
 Measured rows and the paper's reported rows are never mixed: reported rows get a table of their own, and
 every measured row says which data suite it was scored on.
@@ -21,8 +23,9 @@ from absence_tasks.schema import atomic_write_text
 from leaderboard.reported import PAPER_COLUMNS, PAPER_SUITE
 from leaderboard.schema import OMISSION_TASKS, LeaderboardError, format_key, load, row_key
 
-MARKDOWN_NAME, HTML_NAME, CHART_NAME, SCREENSHOT_NAME = "leaderboard.md", "index.html", "f1_by_domain.png", \
-    "screenshot.png"
+MARKDOWN_NAME, HTML_NAME, CHART_NAME, CURVE_NAME, SCREENSHOT_NAME = \
+    "leaderboard.md", "index.html", "f1_by_domain.png", "data_efficiency.png", "screenshot.png"
+TRAINED_METHODS = ("sft", "contrastive")
 METHOD_ORDER = ("oracle", "zero-shot", "sft", "contrastive")
 # One colour family per method, so the chart groups a method's rows by colour.
 METHOD_COLORMAPS = {"oracle": "Greys", "zero-shot": "Blues", "sft": "Oranges", "contrastive": "Greens"}
@@ -84,6 +87,8 @@ def format_training(training: dict[str, Any] | None) -> str:
     if training is None:
         return NO_VALUE
     text = f"{training['tokens']:,} tokens, {training['flops']:.3g} FLOPs"
+    if "instances" in training:
+        text = f"{training['instances']:,} instances, " + text
     if training["wall_seconds"] is not None:
         text += f", {training['wall_seconds'] / 60:.1f} min"
     return text
@@ -104,6 +109,39 @@ def format_p(comparison: dict[str, Any]) -> str:
 
 def comparison_label(comparison: dict[str, Any], side: str) -> str:
     return format_key(tuple(comparison[side][k] for k in ("model", "method", "suite_id")))
+
+
+# ---- data efficiency ---------------------------------------------------------------------------
+
+def efficiency_series(doc: dict[str, Any]) -> dict[str, dict[str, list[tuple[int, dict[str, Any]]]]]:
+    """suite id -> method -> [(training instances, row)] by instances, for each suite on which a trained
+    method has rows at two or more numbers of training instances (older rows without the count are left
+    out). The suite's zero-shot row, when it has exactly one, is every series' point at 0."""
+    series: dict[str, dict[str, list[tuple[int, dict[str, Any]]]]] = {}
+    for suite in dict.fromkeys(row["suite"]["id"] for row in measured_rows(doc)):
+        rows = [row for row in measured_rows(doc) if row["suite"]["id"] == suite]
+        by_method = {}
+        for method in TRAINED_METHODS:
+            points = sorted(((row["training"]["instances"], row) for row in rows if row["method"] == method
+                             and row["training"] is not None and "instances" in row["training"]),
+                            key=lambda point: point[0])
+            if len({n for n, _ in points}) >= 2:
+                by_method[method] = points
+        base = [row for row in rows if row["method"] == "zero-shot"]
+        if by_method and len(base) == 1:
+            by_method = {method: [(0, base[0]), *points] for method, points in by_method.items()}
+        if by_method:
+            series[suite] = by_method
+    return series
+
+
+def efficiency_table(series: dict[str, list[tuple[int, dict[str, Any]]]]) -> tuple[list[str], list[list[str]]]:
+    """Header and body: one line per number of training instances, the average F1 of each method."""
+    methods = list(series)
+    sizes = sorted({n for points in series.values() for n, _ in points})
+    cell = {(method, n): format_estimate(row["average"]) for method, points in series.items() for n, row in points}
+    return (["training instances", *(f"{m} average F1" for m in methods)],
+            [[str(n), *(cell.get((m, n), NO_VALUE) for m in methods)] for n in sizes])
 
 
 # ---- Markdown ----------------------------------------------------------------------------------
@@ -135,6 +173,10 @@ def markdown(doc: dict[str, Any]) -> str:
             lines += ["", "Notes:", "", *notes]
     else:
         lines.append("No measured rows yet.")
+    for suite, series in efficiency_series(doc).items():
+        lines += ["", f"## Data efficiency (suite `{suite}`)", "",
+                  "Average F1 against the training instances each model saw; 0 is the untrained base model.", ""]
+        lines += _markdown_table(*efficiency_table(series))
     if doc.get("comparisons"):
         lines += ["", "## Paired comparisons", "",
                   "Paired bootstrap over the instances both rows scored: A − B in F1 points, 95% CI, "
@@ -280,6 +322,19 @@ def html_page(doc: dict[str, Any]) -> str:
     parts.append(f'<figure><img id="chart" src="{CHART_NAME}" alt="F1 by domain with 95% CIs, measured rows '
                  f'grouped by method"><figcaption>F1 by domain, measured rows grouped by method; whiskers are '
                  f'95% bootstrap CIs.</figcaption></figure>')
+    for suite, series in efficiency_series(doc).items():
+        header, body = efficiency_table(series)
+        parts += [f"<h2>Data efficiency (suite {html.escape(suite)})</h2>",
+                  "<p>Average F1 against the training instances each model saw; 0 is the untrained base "
+                  "model.</p>",
+                  '<table id="data-efficiency" class="sortable"><thead><tr>'
+                  + "".join(_header(h, numeric=True) for h in header) + "</tr></thead><tbody>"
+                  + "".join("<tr>" + "".join(_cell(c, c.split(" ")[0] if c != NO_VALUE else None) for c in line)
+                            + "</tr>" for line in body) + "</tbody></table>"]
+    if efficiency_series(doc):
+        parts.append(f'<figure><img id="curve" src="{CURVE_NAME}" alt="average F1 against training instances, '
+                     f'SFT and contrastive"><figcaption>Data efficiency: average F1 against training instances; '
+                     f'whiskers are 95% bootstrap CIs.</figcaption></figure>')
     if doc.get("comparisons"):
         parts += ["<h2>Paired comparisons</h2>",
                   "<p>Paired bootstrap over the instances both rows scored (A − B); p is the two-sided share of "
@@ -345,6 +400,48 @@ def chart_png(doc: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+def curve_png(doc: dict[str, Any]) -> bytes | None:
+    """Average F1 (with CI whiskers) against training instances, one line per method and suite; None when
+    the leaderboard holds no data-efficiency series."""
+    all_series = efficiency_series(doc)
+    if not all_series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.5), dpi=110)
+    markers = iter("osD^v<>")
+    lines = [(suite, method, points) for suite, series in all_series.items() for method, points in series.items()]
+    sizes = sorted({n for _, _, points in lines for n, _ in points})
+    # Lines side by side by a hair, so that whiskers at the same size do not hide each other.
+    dodge = 0.012 * max(sizes)
+    for suite, series in all_series.items():
+        marker = next(markers, "o")
+        for method, points in series.items():
+            index = lines.index((suite, method, points))
+            xs = [n + dodge * (index - (len(lines) - 1) / 2) for n, _ in points]
+            estimates = [row["average"] for _, row in points]
+            ys = [100 * e["value"] for e in estimates]
+            errors = [[0 if e["ci_low"] is None else 100 * (e["value"] - e["ci_low"]) for e in estimates],
+                      [0 if e["ci_high"] is None else 100 * (e["ci_high"] - e["value"]) for e in estimates]]
+            label = method + (f" · {suite}" if len(all_series) > 1 else "")
+            color = plt.get_cmap(METHOD_COLORMAPS.get(method, "Purples"))(0.7)
+            ax.errorbar(xs, ys, yerr=errors, marker=marker, color=color, capsize=3, label=label)
+    ax.set_xticks(sizes)
+    ax.set_xlabel("training instances seen")
+    ax.set_ylabel("average F1 (%)")
+    ax.set_title("Data efficiency (95% bootstrap CI)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 # ---- writing -----------------------------------------------------------------------------------
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -400,7 +497,8 @@ def take_screenshot(page: Path, out: Path) -> None:
 
 def render(leaderboard_path: str | os.PathLike, out_dir: str | os.PathLike, *,
            screenshot: bool = False) -> list[Path]:
-    """Write leaderboard.md, index.html and f1_by_domain.png (and screenshot.png) into out_dir.
+    """Write leaderboard.md, index.html, f1_by_domain.png, data_efficiency.png when there is a series (and
+    screenshot.png) into out_dir.
     Everything is built before anything is written; each file is replaced atomically."""
     doc = load(leaderboard_path)
     if screenshot:
@@ -408,11 +506,16 @@ def render(leaderboard_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise LeaderboardError(f"{out}: not a folder")
-    text, page, chart = markdown(doc), html_page(doc), chart_png(doc)
+    text, page, chart, curve = markdown(doc), html_page(doc), chart_png(doc), curve_png(doc)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / MARKDOWN_NAME, out / HTML_NAME, out / CHART_NAME]
     atomic_write_text(written[0], text)
     atomic_write_bytes(written[2], chart)
+    if curve is not None:
+        atomic_write_bytes(out / CURVE_NAME, curve)
+        written.append(out / CURVE_NAME)
+    else:
+        (out / CURVE_NAME).unlink(missing_ok=True)  # from an earlier render of a leaderboard that had one
     atomic_write_text(written[1], page)
     if screenshot:
         take_screenshot(written[1], out / SCREENSHOT_NAME)

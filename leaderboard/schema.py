@@ -19,7 +19,7 @@ from jsonschema.exceptions import best_match
 from absence_tasks.schema import atomic_write_text
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # what `save` writes; schema.json also reads the older versions it lists
 # The tasks whose mean F1 is a row's `average` (upstream's "Average"; lm-eval's `absencebench` group).
 OMISSION_TASKS = ("absence_numerical", "absence_poetry", "absence_github_prs")
 # How long a schema message may get in a one-line error (an offending value can be a whole row).
@@ -111,8 +111,9 @@ def load(path: str | os.PathLike, *, missing_ok: bool = False) -> dict[str, Any]
 
 
 def save(path: str | os.PathLike, doc: dict[str, Any]) -> None:
-    """Validate, stamp `updated`, and write atomically (the old file stays as it was if anything fails)."""
-    doc = {**doc, "updated": now_timestamp()}
+    """Validate, stamp `updated` and the schema version, and write atomically (the old file stays as it was
+    if anything fails)."""
+    doc = {**doc, "schema_version": SCHEMA_VERSION, "updated": now_timestamp()}
     try:
         validate(doc)
     except LeaderboardError as e:

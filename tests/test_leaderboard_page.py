@@ -107,6 +107,38 @@ def test_page_shows_rows_sorts_on_click_and_loads_the_chart(board, tmp_path):
     assert shot.read_bytes().startswith(PNG_MAGIC) and shot.stat().st_size > 10_000
 
 
+def test_a_data_efficiency_series_gets_its_table_and_curve(board, tmp_path):
+    doc = load(board)
+    out = tmp_path / "page"
+    render(board, out)
+    assert not (out / "data_efficiency.png").exists()  # one row per method: no series
+    scores = {"absence_numerical": (0.3, 0.2, 0.4), "absence_poetry": (0.1, 0.0, 0.2),
+              "absence_github_prs": (0.0, 0.0, 0.0)}
+    for instances, average in ((8, (0.12, 0.1, 0.14)), (32, (0.2, 0.15, 0.25))):
+        for method in ("sft", "contrastive"):
+            doc["rows"].append(_row(f"base-{method}-n{instances}", method, scores, average, training={
+                "instances": instances, "tokens": 1000 * instances, "flops": 1e12 * instances, "wall_seconds": 60.0}))
+    save(board, doc)
+    written = render(board, out)
+    assert (out / "data_efficiency.png") in written
+    with headless_chromium() as driver:
+        driver.get((out / "index.html").as_uri())
+        assert column_texts(driver, "data-efficiency", 0) == ["0", "8", "32"]
+        # The suite's zero-shot row is the point at 0 of both series; the older rows without an
+        # instance count (tuned-sft, tuned-contrastive) are left out.
+        assert column_texts(driver, "data-efficiency", 1) == ["4.5 [3.4, 5.6]", "12.0 [10.0, 14.0]",
+                                                              "20.0 [15.0, 25.0]"]
+        assert "8 instances, 8,000 tokens" in " ".join(column_texts(driver, "measured", 8))
+        curve = driver.find_element("id", "curve")
+        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", curve) > 0
+    assert "| 32 | 20.0 [15.0, 25.0] | 20.0 [15.0, 25.0] |" in (out / "leaderboard.md").read_text()
+
+    doc["rows"] = [row for row in doc["rows"] if "-n" not in row["model"]]
+    save(board, doc)
+    render(board, out)
+    assert not (out / "data_efficiency.png").exists()  # a curve from an earlier render is not left behind
+
+
 def test_markdown_keeps_reported_rows_apart_and_shows_cis(board, tmp_path):
     render(board, tmp_path / "page")
     text = (tmp_path / "page" / "leaderboard.md").read_text()

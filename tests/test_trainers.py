@@ -89,6 +89,8 @@ def test_sft_writes_a_plain_checkpoint_with_a_model_card(sft_run, tokenizer):
     assert card["method"] == "sft" and card["global_step"] == 3
     compute = card["compute"]
     assert compute["tokens_trained"] > 0 and compute["tokens_forward_only"] == 0
+    assert compute["instances_trained"] == 3 * 2  # 3 steps of 2 instances
+    assert "| training instances seen (repeats counted) | 6 |" in (sft_run / "README.md").read_text()
     assert compute["flops"] == 6 * compute["n_params"] * compute["tokens_trained"]
     # N counts the tied embedding once (as the output projection): every parameter of the tiny Llama.
     assert compute["n_params"] == sum(p.numel() for p in model.parameters())
@@ -164,6 +166,7 @@ def test_contrastive_counts_more_flops_than_sft_on_the_same_batches(sft_run, con
     sft_compute, contrastive_compute = read_model_card(sft_run)["compute"], read_model_card(contrastive_run)["compute"]
     # Same seed, same data: the same batches, so the same trained tokens; the extra passes cost 2·N each.
     assert contrastive_compute["tokens_trained"] == sft_compute["tokens_trained"]
+    assert contrastive_compute["instances_trained"] == sft_compute["instances_trained"]
     assert contrastive_compute["tokens_forward_only"] > 0
     assert contrastive_compute["flops"] - sft_compute["flops"] == \
         2 * contrastive_compute["n_params"] * contrastive_compute["tokens_forward_only"]
@@ -363,6 +366,7 @@ def test_time_budget_stops_training_and_counts_on_across_a_resume(tiny_llama_dir
     assert resumed["global_step"] == 2 and resumed["compute"]["stopped_by"] == ["max_train_seconds"]
     assert 1000 < resumed["compute"]["train_seconds"] < 1600
     assert resumed["compute"]["tokens_trained"] > compute["tokens_trained"]
+    assert (compute["instances_trained"], resumed["compute"]["instances_trained"]) == (2, 4)
 
 
 def test_lora_is_merged_into_a_plain_checkpoint(tiny_llama_dir, tmp_path):

@@ -306,7 +306,7 @@ class ContrastiveTrainer(CountingSFTTrainer):
         loss = combined_loss(sft, None if seq is None else seq / steps, None if gap is None else gap / steps,
                              self.args.lambda_seq, self.args.lambda_gap)
         if mode == "train":
-            self.count(inputs["attention_mask"].sum(), forward_only_tokens)
+            self.count(inputs["attention_mask"].size(0), inputs["attention_mask"].sum(), forward_only_tokens)
         return (loss, outputs) if return_outputs else loss
 
     def _sequence_loss(self, states, companions, side, batch) -> torch.Tensor:

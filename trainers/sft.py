@@ -63,12 +63,13 @@ class ComputeAccountant(TrainerCallback, ExportableState):
     steps after the last checkpoint are done again, and counted again: their first attempt was lost)."""
 
     # What on_train_begin takes back from a checkpoint: the counts, not the stop flags of an earlier session.
-    COUNTS = ("tokens_trained", "tokens_forward_only", "flops", "train_seconds")
+    COUNTS = ("instances_trained", "tokens_trained", "tokens_forward_only", "flops", "train_seconds")
 
     def __init__(self, n_params: int = 0, budget_flops: float | None = None, budget_seconds: float | None = None):
         self.n_params = n_params
         self.budget_flops = budget_flops
         self.budget_seconds = budget_seconds
+        self.instances_trained = 0
         self.tokens_trained = 0
         self.tokens_forward_only = 0
         self.flops = 0
@@ -77,7 +78,8 @@ class ComputeAccountant(TrainerCallback, ExportableState):
         self.stopped_by_time = False
         self._step_started = time.perf_counter()
 
-    def add(self, trained_tokens: int, forward_only_tokens: int = 0) -> None:
+    def add(self, trained_tokens: int, forward_only_tokens: int = 0, instances: int = 0) -> None:
+        self.instances_trained += instances
         self.tokens_trained += trained_tokens
         self.tokens_forward_only += forward_only_tokens
         self.flops += step_flops(self.n_params, trained_tokens, forward_only_tokens)
@@ -88,7 +90,8 @@ class ComputeAccountant(TrainerCallback, ExportableState):
                                        ("max_train_seconds", self.stopped_by_time)) if hit]
 
     def summary(self) -> dict[str, Any]:
-        return {"n_params": self.n_params, "tokens_trained": self.tokens_trained,
+        return {"n_params": self.n_params, "instances_trained": self.instances_trained,
+                "tokens_trained": self.tokens_trained,
                 "tokens_forward_only": self.tokens_forward_only, "flops": self.flops,
                 "train_seconds": round(self.train_seconds, 3), "budget_flops": self.budget_flops,
                 "budget_seconds": self.budget_seconds, "stopped_by_budget": self.stopped_by_budget,
@@ -97,7 +100,8 @@ class ComputeAccountant(TrainerCallback, ExportableState):
     def state(self) -> dict[str, Any]:
         return {"args": {"n_params": self.n_params, "budget_flops": self.budget_flops,
                          "budget_seconds": self.budget_seconds},
-                "attributes": {"tokens_trained": self.tokens_trained, "tokens_forward_only": self.tokens_forward_only,
+                "attributes": {"instances_trained": self.instances_trained, "tokens_trained": self.tokens_trained,
+                               "tokens_forward_only": self.tokens_forward_only,
                                "flops": self.flops, "train_seconds": self.train_seconds,
                                "stopped_by_budget": self.stopped_by_budget, "stopped_by_time": self.stopped_by_time}}
 
@@ -146,11 +150,13 @@ class ComputeAccountingMixin:
         # Looked up each time: resuming may replace the callback object with a restored copy.
         return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, ComputeAccountant))
 
-    def count(self, trained_tokens: torch.Tensor | int, forward_only_tokens: torch.Tensor | int = 0) -> None:
-        """Add one micro-batch's local token counts, summed across processes."""
-        local = torch.tensor([int(trained_tokens), int(forward_only_tokens)], device=self.accelerator.device)
-        trained, forward_only = self.accelerator.gather(local).reshape(-1, 2).sum(dim=0).tolist()
-        self.accountant().add(trained, forward_only)
+    def count(self, instances: int, trained_tokens: torch.Tensor | int,
+              forward_only_tokens: torch.Tensor | int = 0) -> None:
+        """Add one micro-batch's local counts (training instances, tokens), summed across processes."""
+        local = torch.tensor([int(instances), int(trained_tokens), int(forward_only_tokens)],
+                             device=self.accelerator.device)
+        instances, trained, forward_only = self.accelerator.gather(local).reshape(-1, 3).sum(dim=0).tolist()
+        self.accountant().add(trained, forward_only, instances)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         totals = self.accountant()
@@ -167,7 +173,7 @@ class CountingSFTTrainer(ComputeAccountingMixin, SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.model.training:
-            self.count(inputs["attention_mask"].sum())
+            self.count(inputs["attention_mask"].size(0), inputs["attention_mask"].sum())
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
 
@@ -277,6 +283,7 @@ def model_card(method: str, record: dict[str, Any]) -> str:
         "| | |", "|---|---|",
         f"| method | {method} |",
         f"| optimizer steps | {record['global_step']} |",
+        f"| training instances seen (repeats counted) | {compute['instances_trained']:,} |",
         f"| tokens trained (forward + backward) | {compute['tokens_trained']:,} |",
         f"| tokens forward-only | {compute['tokens_forward_only']:,} |",
         f"| training FLOPs (6·N·trained + 2·N·forward-only, N = {compute['n_params']:,}) | {compute['flops']:.4g} |",
@@ -285,7 +292,7 @@ def model_card(method: str, record: dict[str, Any]) -> str:
         f"| time budget (--max_train_seconds) | {_budget(compute['budget_seconds'], compute['stopped_by_time'])} |",
         f"| stopped by | {' and '.join(compute['stopped_by']) or 'the step/epoch limit'} |",
         f"| seed / data seed | {record['seed']} / {record['data_seed']} |",
-        f"| training instances | {data['n_instances']} ({', '.join(data['domains'])}; {', '.join(data['variants'])}) |",
+        f"| training file instances | {data['n_instances']} ({', '.join(data['domains'])}; {', '.join(data['variants'])}) |",
         f"| data sha256 ({DATA_NAME}) | `{data['sha256']}` |",
         "",
         "Evaluate with lm-eval:",
