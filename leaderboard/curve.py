@@ -45,6 +45,7 @@ def point_name(method: str, size: int) -> str:
 
 class Curve(Study):
     """A `Study` whose training stages are one epoch over nested subsets instead of a time budget."""
+    program = "curve"
 
     def build_data(self) -> dict:
         from absence_tasks.generate import generate_instances
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.sizes) < 1 or args.n_eval < 1:
         parser.error("--sizes and --n-eval must be positive")
-    return launch(args, load_or_make_plan, Curve, "curve")
+    return launch(args, load_or_make_plan, Curve)
 
 
 if __name__ == "__main__":  # vLLM and the trainers run in child processes

@@ -106,6 +106,8 @@ def default_backend() -> str:
 # ---- running stages ------------------------------------------------------------------------------
 
 class Study:
+    program = "experiment"  # what its log lines and errors start with
+
     def __init__(self, out: Path, plan: Plan, model: Path | None, extra_train_args: list[str]):
         self.out, self.plan, self.extra_train_args = out, plan, extra_train_args
         self.model = model or out / "models" / "zero-shot"
@@ -116,7 +118,7 @@ class Study:
 
     def log(self, message: str) -> None:
         elapsed = time.time() - self.started
-        print(f"[experiment {elapsed / 60:5.1f} min] {message}", file=sys.stderr, flush=True)
+        print(f"[{self.program} {elapsed / 60:5.1f} min] {message}", file=sys.stderr, flush=True)
 
     def marker(self, stage: str) -> Path:
         return self.out / "stages" / f"{stage}.json"
@@ -293,10 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("train_args", nargs=argparse.REMAINDER,
                         help="after `--`: extra flags for both trainers, e.g. -- --learning_rate 5e-5")
-    return launch(parser.parse_args(argv), load_or_make_plan, Study, "experiment")
+    return launch(parser.parse_args(argv), load_or_make_plan, Study)
 
 
-def launch(args: argparse.Namespace, plan_loader, study_class: type[Study], program: str) -> int:
+def launch(args: argparse.Namespace, plan_loader, study_class: type[Study]) -> int:
     """Check the base model, plan (or take the stored plan) and run the stages; errors are one line, exit 2.
     Shared by the study and the data-efficiency curve (`leaderboard.curve`)."""
     extra = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
@@ -311,7 +313,7 @@ def launch(args: argparse.Namespace, plan_loader, study_class: type[Study], prog
         study.log(f"plan: {json.dumps(asdict(plan))}")
         study.run()
     except (StudyError, ValueError) as error:
-        print(f"{program}: error: {error}", file=sys.stderr)
+        print(f"{study_class.program}: error: {error}", file=sys.stderr)
         return 2
     return 0
 
