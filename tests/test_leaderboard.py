@@ -390,3 +390,12 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_leaderboard_unchanged(tmp_p
     assert_one_line_error(cli("publish", tmp_path / "foreign.json", "--out", board, cwd=tmp_path),
                           str(board), "malformed JSON")
     assert board.read_text() == "[1, 2"
+
+
+def test_committed_study_leaderboards_are_valid():
+    """The study results committed under leaderboard/results/ stay readable as the schema evolves."""
+    boards = sorted((Path(__file__).resolve().parent.parent / "leaderboard" / "results").rglob("leaderboard.json"))
+    assert boards, "no committed leaderboard found"
+    for board in boards:
+        doc = load(board)
+        assert any(row["method"] in ("sft", "contrastive") for row in doc["rows"]), board
