@@ -1,4 +1,5 @@
-"""`absence-bench`: generate, score, solve (oracle), convert and mine omission data; prepare the model.
+"""`absence-bench`: generate, score, solve (oracle), convert and mine omission data; prepare the model;
+print the lm-eval task folder.
 
 Every subcommand either succeeds or prints one `absence-bench: error: ...` line and exits 2, leaving no
 partial output file (outputs are written to a temp file and renamed).
@@ -140,8 +141,14 @@ def cmd_mine_prs(args: argparse.Namespace) -> None:
         raise DataError(f"{args.repo}: no commits match (single parent, "
                         f"{args.min_changed}-{args.max_changed} changed lines"
                         f"{'' if args.all_commits else ', subject ending in (#N)'}); try --all-commits")
-    prs.write_pr_records(args.out, records)
+    prs.write_pr_records(args.out, records, license=args.license)
     print(f"wrote {len(records)} PR records from {args.repo} to {args.out}")
+
+
+def cmd_task_path(args: argparse.Namespace) -> None:
+    from absence_tasks import task_config_dir
+
+    print(task_config_dir())
 
 
 def cmd_prepare_model(args: argparse.Namespace) -> None:
@@ -167,8 +174,8 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
                    help="numerical: number system(s) to draw from (default base10)")
     p.add_argument("--context-deletion-prob", type=float,
                    help="github_prs: also drop context lines with this probability (not scored)")
-    p.add_argument("--prs", help="github_prs: PR JSONL file or folder (default ../shared/data/prs, "
-                                 "else this clone's git history)")
+    p.add_argument("--prs", help="github_prs: a PR-record JSONL(.gz) file or folder (default: the 1,868 records "
+                                 "embedded in the package)")
     p.add_argument("--git-repo", help="github_prs: mine PRs from this local git repository instead")
     p.add_argument("--poems", help="poetry: a .txt/.jsonl poem file or folder instead of the Gutenberg corpus")
     p.add_argument("--format", choices=("ours", "upstream"), default="ours", help="output JSONL format")
@@ -212,13 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("mine-prs", help="mine merged-PR records (shared/data/prs format) from a local git repo")
+    p = sub.add_parser("mine-prs", help="mine merged-PR records (the embedded records' format) from a local git repo")
     p.add_argument("--repo", default=".")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="JSONL file; gzip-compressed when it ends in .gz")
+    p.add_argument("--license", help="SPDX id of the repository's licence, recorded in every record (e.g. MIT)")
     p.add_argument("--all-commits", action="store_true", help="do not require subjects ending in (#N)")
     p.add_argument("--min-changed", type=int, default=10)
     p.add_argument("--max-changed", type=int, default=200)
     p.set_defaults(func=cmd_mine_prs)
+
+    p = sub.add_parser("task-path", help="print the installed lm-eval task folder (for lm_eval --include_path)")
+    p.set_defaults(func=cmd_task_path)
 
     p = sub.add_parser("prepare-model", help="turn the embedded SmolLM2-135M-Instruct GGUF into an HF checkpoint")
     p.add_argument("--out", default="checkpoints/smollm2-135m-instruct")

@@ -35,8 +35,6 @@ from absence_tasks.sources import numbers, poems, prs
 # Fraction of sources in train / validation (test takes the rest). Changing these reshuffles every
 # split, so they are constants, not options.
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1}
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SHARED_PRS = PROJECT_ROOT.parent / "shared" / "data" / "prs"
 MAX_INSTANCES = 1_000_000
 
 
@@ -78,7 +76,9 @@ PRESETS: dict[str, dict[str, GenerationConfig]] = {
     "cpu": {
         "numerical": GenerationConfig(min_lines=20, max_lines=80, omission_probs=UPSTREAM_PROBS),
         "poetry": GenerationConfig(min_lines=20, max_lines=60, omission_probs=(0.1,)),
-        "github_prs": GenerationConfig(min_lines=10, max_lines=120, omission_probs=(0.1,)),
+        # 150 lines: the embedded pool's test split then holds 120 diffs, so a 100-instance test set
+        # asks about 100 different PRs.
+        "github_prs": GenerationConfig(min_lines=10, max_lines=150, omission_probs=(0.1,)),
     },
     "upstream": {
         "numerical": GenerationConfig(min_lines=50, max_lines=1200, omission_probs=UPSTREAM_PROBS),
@@ -206,22 +206,28 @@ def file_stream(docs: list[Document], split: str, rng: random.Random, cfg: Gener
 
 def pr_stream(records: list[dict], split: str, rng: random.Random, cfg: GenerationConfig, n: int,
               ) -> Iterator[Document]:
-    docs = [prs.pr_document(r) for r in records]
-    # Diffs are not windowed (a cut diff is not a diff): too long ones are left out.
-    fitting = [d for d in docs if cfg.min_lines <= len(d.lines) <= cfg.max_lines]
+    # One document per PR: a PR merged into two branches (a backport) has two commits, and the second
+    # would repeat the first's diff under the same source id.
+    by_source: dict[str, Document] = {}
+    for record in records:
+        doc = prs.pr_document(record)
+        by_source.setdefault(doc.source_id, doc)
+    docs = list(by_source.values())
+    # Diffs are not windowed (a cut diff is not a diff): too long ones are left out, and so are diffs
+    # with no line that may be omitted, so that n instances draw n different diffs when there are that many.
+    fitting = [d for d in docs if cfg.min_lines <= len(d.lines) <= cfg.max_lines and omittable_indices(d)[0]]
     if not fitting:
-        raise DataError(f"none of the {len(docs)} PR diffs has {cfg.min_lines}..{cfg.max_lines} lines")
+        raise DataError(f"none of the {len(docs)} PR diffs has {cfg.min_lines}..{cfg.max_lines} lines "
+                        "and a changed line that may be omitted")
     yield from file_stream(fitting, split, rng, cfg, n, "PR diffs")
 
 
 # ---- sources ----------------------------------------------------------------------------------
 
 def load_pr_records(prs_path: str | Path | None = None, git_repo: str | Path | None = None) -> tuple[list[dict], str]:
-    """PR records and a description of where they came from.
-
-    Explicit `prs_path` (JSONL file or folder) or `git_repo` win; otherwise `../shared/data/prs` beside
-    the project when it exists (developers, CI); otherwise the history of the git repository this
-    package lives in (a user's clone), without requiring `(#N)` subjects."""
+    """PR records and a description of where they came from: `prs_path` (a JSONL file or folder),
+    else the history of `git_repo`, else the records embedded in the package (the same on every
+    machine, so the default suite is too)."""
     if prs_path is not None:
         return prs.read_pr_records(prs_path), str(prs_path)
     if git_repo is not None:
@@ -229,14 +235,8 @@ def load_pr_records(prs_path: str | Path | None = None, git_repo: str | Path | N
         if not records:
             raise DataError(f"{git_repo}: no single-parent commits with a '(#N)' subject and 10-200 changed lines")
         return records, f"git history of {git_repo}"
-    # Descriptions of the default sources are location-free, so the same seed gives the same bytes
-    # in every checkout.
-    if SHARED_PRS.is_dir():
-        return prs.read_pr_records(SHARED_PRS), "../shared/data/prs"
-    records = prs.mine_git_repo(PROJECT_ROOT, require_pr_number=False)
-    if not records:
-        raise DataError(f"{PROJECT_ROOT}: no commits with 10-200 changed lines to mine; pass --prs or --git-repo")
-    return records, "git history of this clone (no ../shared/data/prs)"
+    # The description is location-free, so the same seed gives the same bytes wherever it is installed.
+    return prs.read_pr_records(), "embedded PR records (reverse-needle)"
 
 
 def document_stream(domain: str, split: str, rng: random.Random, cfg: GenerationConfig, n: int, *,

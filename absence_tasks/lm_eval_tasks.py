@@ -26,6 +26,7 @@ from absence_tasks.prompts import render_answer, render_prompt, template_name
 from absence_tasks.schema import PLACEHOLDER, DataError, Instance, from_hf_dataset, read_jsonl, to_hf_dataset, \
     write_jsonl
 from absence_tasks.scoring import score_response
+from absence_tasks.sources.prs import EMBEDDED_PRS
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MIN_GEN_TOKS, MAX_GEN_TOKS, GEN_TOKS_STEP = 64, 4096, 64
@@ -37,10 +38,11 @@ def cache_dir() -> Path:
 
 
 def _generator_fingerprint() -> str:
-    """Hash of the code that makes instances, so a cached test set is rebuilt when that code changes."""
+    """Hash of the code and embedded data that make instances, so a cached test set is rebuilt when either
+    changes."""
     h = hashlib.sha256()
     for path in sorted([PACKAGE_DIR / "generate.py", PACKAGE_DIR / "schema.py", PACKAGE_DIR / "scoring.py",
-                        *(PACKAGE_DIR / "sources").glob("*.py")]):
+                        *(PACKAGE_DIR / "sources").glob("*.py"), *EMBEDDED_PRS.glob("*.jsonl.gz")]):
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 

@@ -12,6 +12,7 @@ The gold answer is derived from these indices (``Instance.answer_lines``) and ne
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -154,18 +155,23 @@ def validate(inst: Instance) -> None:
 
 # ---- JSONL ------------------------------------------------------------------------------------
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a file all at once: a temp file in the same folder, then rename over the target."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """`atomic_write_bytes` of UTF-8 text, written as given (no newline translation)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def dumps_jsonl(records: Iterable[dict[str, Any]]) -> str:
@@ -178,12 +184,13 @@ def write_jsonl(path: str | os.PathLike, instances: Iterable[Instance]) -> None:
 
 
 def iter_json_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) from a JSONL file; errors name the file and line."""
+    """Yield (line number, object) from a JSONL file, gzip-compressed when its name ends in ".gz";
+    errors name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        for lineno, raw in enumerate(_lines_or_die(f, path), start=1):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -197,6 +204,13 @@ def iter_json_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, 
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj
+
+
+def _lines_or_die(f, path: Path) -> Iterator[bytes]:
+    try:
+        yield from f
+    except (OSError, EOFError) as e:  # a truncated or corrupt .gz file
+        raise DataError(f"{path}: cannot decompress ({e})") from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Instance]:

@@ -1,12 +1,11 @@
 """`absence-bench` end to end as a user runs it: outputs, byte-identical reruns, one-line errors."""
 
+import gzip
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
-
-from absence_tasks.generate import SHARED_PRS
 
 
 def cli(*args, cwd, check=True):
@@ -24,7 +23,6 @@ def assert_one_line_error(proc, *fragments):
         assert fragment in lines[0]
 
 
-@pytest.mark.skipif(not SHARED_PRS.is_dir(), reason="github_prs reads ../shared/data/prs")
 def test_generate_suite_is_byte_identical_and_the_oracle_solves_it(tmp_path):
     for run in ("a", "b"):
         cli("generate-suite", "--out-dir", str(tmp_path / run), "--n", "20", "--seed", "5", cwd=tmp_path)
@@ -82,6 +80,18 @@ def test_mine_prs_from_a_git_repository(tmp_path):
     cli("mine-prs", "--repo", str(repo), "--out", str(out), cwd=tmp_path)
     (record,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert (record["pr_number"], record["title"], record["additions"], record["deletions"]) == (8, "Change odd lines", 15, 15)
+    # The embedded records' format, licence included, compressed on request; generation reads it back.
+    packed = tmp_path / "prs.jsonl.gz"
+    cli("mine-prs", "--repo", str(repo), "--out", str(packed), "--license", "MIT", cwd=tmp_path)
+    assert gzip.decompress(packed.read_bytes()).decode() == json.dumps({**record, "license": "MIT"}) + "\n"
+    cli("generate", "--domain", "github_prs", "--split", "train", "--n", "2", "--prs", str(packed), "--min-lines", "5",
+        "--out", str(tmp_path / "mined.jsonl"), cwd=tmp_path)
+
+
+def test_task_path_prints_the_installed_task_folder(tmp_path):
+    folder = Path(cli("task-path", cwd=tmp_path).stdout.strip())
+    assert (folder / "_absence_default.yaml").is_file() and (folder / "utils.py").is_file()
+    assert len(list(folder.glob("absence*.yaml"))) == 12
 
 
 @pytest.mark.parametrize("content, fragments", [

@@ -7,14 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from absence_tasks.generate import (SHARED_PRS, choose_omissions, default_config, generate_instances,
+from absence_tasks.generate import (choose_omissions, default_config, generate_instances,
                                     split_for_source)
 from absence_tasks.schema import DOMAINS, PLACEHOLDER, VARIANTS, DataError, dumps_jsonl
 from absence_tasks.scoring import normalize_line, oracle_answer, score_response
 from absence_tasks.sources import prs
-
-needs_shared = pytest.mark.skipif(not SHARED_PRS.is_dir(), reason="../shared/data/prs not beside this checkout")
-
 
 def jsonl(instances):
     return dumps_jsonl(i.to_dict() for i in instances)
@@ -45,8 +42,6 @@ def git_repo(tmp_path_factory):
 @pytest.mark.parametrize("domain", DOMAINS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_embedded_sources_all_variants_seeded_and_solvable(domain, variant):
-    if domain == "github_prs" and not SHARED_PRS.is_dir():
-        pytest.skip("no ../shared/data/prs")
     first = generate_instances(domain, variant, 25, "test", seed=3, progress=False)
     again = generate_instances(domain, variant, 25, "test", seed=3, progress=False)
     other = generate_instances(domain, variant, 25, "test", seed=4, progress=False)
@@ -63,8 +58,6 @@ def test_embedded_sources_all_variants_seeded_and_solvable(domain, variant):
 
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_splits_never_share_a_source(domain):
-    if domain == "github_prs" and not SHARED_PRS.is_dir():
-        pytest.skip("no ../shared/data/prs")
     train = generate_instances(domain, "omission", 150, "train", seed=0, progress=False)
     test = generate_instances(domain, "omission", 60, "test", seed=0, progress=False)
     train_sources = {i.metadata["source_id"] for i in train}
@@ -135,7 +128,6 @@ def test_poem_rules_blank_and_repeated_lines_are_never_omitted(tmp_path):
         assert refrain not in inst.answer_lines
 
 
-@needs_shared
 def test_pr_omissions_are_changed_lines_only_and_context_deletion_is_unscored():
     cfg = dataclasses.replace(default_config("github_prs"), context_deletion_prob=0.3)
     instances = generate_instances("github_prs", "omission", 30, "test", seed=0, config=cfg, progress=False)
@@ -155,7 +147,6 @@ def test_prs_mined_from_a_local_git_repository(git_repo):
     assert_oracle_solves(needles)
 
 
-@needs_shared
 def test_upstream_preset_lengths():
     for domain, low in (("numerical", 50), ("poetry", 100)):
         inst = generate_instances(domain, "omission", 2, "test", seed=0, preset="upstream", progress=False)

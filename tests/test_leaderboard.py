@@ -12,13 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from absence_tasks.generate import SHARED_PRS
 from leaderboard.publish import add_reported, checkpoint_sha256, compare, publish
 from leaderboard.schema import OMISSION_TASKS, LeaderboardError, empty_leaderboard, load, save, validate
 from leaderboard.stats import average_ci, bootstrap_ci, paired_bootstrap, paired_bootstrap_average
 
 ROOT = Path(__file__).resolve().parent.parent
-needs_prs = pytest.mark.skipif(not SHARED_PRS.is_dir(), reason="github_prs tasks read ../shared/data/prs")
 
 
 # ---- statistics on hand-made inputs ------------------------------------------------------------
@@ -120,8 +118,6 @@ def assert_one_line_error(proc, *fragments):
 def lm_eval_runs(tmp_path_factory):
     """absence-oracle and absence-empty on 3 instances per omission task, run through the real lm-eval CLI
     with --log_samples (both at once: each is mostly start-up time)."""
-    if not SHARED_PRS.is_dir():
-        pytest.skip("github_prs tasks read ../shared/data/prs")
     base = tmp_path_factory.mktemp("lm_eval")
     env = {**os.environ, "REVERSE_NEEDLE_CACHE": str(base / "cache"), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1"}
@@ -147,7 +143,6 @@ def rows_by_model(board: Path) -> dict[str, dict]:
     return {row["model"]: row for row in json.loads(board.read_text())["rows"]}
 
 
-@needs_prs
 def test_publish_scores_the_oracle_one_and_the_empty_model_zero(lm_eval_runs, tmp_path):
     board = tmp_path / "leaderboard.json"
     for model in ("absence-oracle", "absence-empty"):
@@ -179,7 +174,6 @@ def test_publish_scores_the_oracle_one_and_the_empty_model_zero(lm_eval_runs, tm
     assert "valid (schema 1.1, 2 rows" in cli("validate", board, cwd=tmp_path).stdout
 
 
-@needs_prs
 def test_publishing_again_replaces_the_row_and_its_stale_comparisons(lm_eval_runs, tmp_path):
     board = tmp_path / "leaderboard.json"
     publish([lm_eval_runs["absence-oracle"], lm_eval_runs["absence-empty"]], board)
@@ -194,7 +188,6 @@ def test_publishing_again_replaces_the_row_and_its_stale_comparisons(lm_eval_run
     assert rows_by_model(board)["difflib"]["method"] == "zero-shot"
 
 
-@needs_prs
 def test_paired_compare_oracle_minus_empty_is_one(lm_eval_runs, tmp_path):
     board = tmp_path / "leaderboard.json"
     publish([lm_eval_runs["absence-oracle"], lm_eval_runs["absence-empty"]], board)
@@ -216,7 +209,6 @@ def test_paired_compare_oracle_minus_empty_is_one(lm_eval_runs, tmp_path):
     assert board.read_bytes() == before
 
 
-@needs_prs
 def test_missing_samples_are_an_error_unless_allowed_and_then_the_row_says_so(lm_eval_runs, tmp_path):
     only_results = tmp_path / "run"
     only_results.mkdir()
@@ -235,7 +227,6 @@ def test_missing_samples_are_an_error_unless_allowed_and_then_the_row_says_so(lm
                           "published without samples")
 
 
-@needs_prs
 def test_training_budget_method_and_weight_hash_come_from_the_checkpoint(lm_eval_runs, tmp_path):
     checkpoint = tmp_path / "my-sft-model"
     checkpoint.mkdir()
@@ -378,7 +369,7 @@ def _bad_inputs(tmp_path: Path, good_run: Path | None) -> dict[str, tuple[Path, 
 
 
 def test_bad_input_is_one_line_exit_2_and_leaves_the_leaderboard_unchanged(tmp_path, request):
-    good_run = request.getfixturevalue("lm_eval_runs")["absence-oracle"] if SHARED_PRS.is_dir() else None
+    good_run = request.getfixturevalue("lm_eval_runs")["absence-oracle"]
     board = tmp_path / "leaderboard.json"
     add_reported(board)
     before = board.read_bytes()

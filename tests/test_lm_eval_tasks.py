@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from absence_tasks.generate import SHARED_PRS, generate_instances
+from absence_tasks.generate import generate_instances
 from absence_tasks.lm_eval_tasks import generation_budget, load_instances_for_task, micro_f1_aggregation
 from absence_tasks.schema import DataError, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = str(ROOT / "task_configs")
-pytestmark = pytest.mark.skipif(not SHARED_PRS.is_dir(), reason="github_prs tasks read ../shared/data/prs")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""PR records: the shared JSONL files, bad records, mining real git repositories, diff line labels."""
+"""PR records: the embedded files, bad records, mining real git repositories, diff line labels."""
 
 from __future__ import annotations
 
@@ -88,24 +88,45 @@ def good_record(**changes) -> dict:
     return record
 
 
-# ---- the shared files -------------------------------------------------------------------------
+# ---- the embedded records -----------------------------------------------------------------------
 
+EMBEDDED_FILES = {"axum.jsonl.gz": ("tokio-rs/axum", "MIT", 400),
+                  "click.jsonl.gz": ("pallets/click", "BSD-3-Clause", 48),
+                  "cobra.jsonl.gz": ("spf13/cobra", "Apache-2.0", 192),
+                  "lm-evaluation-harness.jsonl.gz": ("EleutherAI/lm-evaluation-harness", "MIT", 428),
+                  "trl.jsonl.gz": ("huggingface/trl", "Apache-2.0", 800)}
+
+
+def test_reads_the_embedded_files_with_repository_licence_and_commit():
+    per_file = []
+    for name, (repo, license, count) in EMBEDDED_FILES.items():
+        records = prs.read_pr_records(prs.EMBEDDED_PRS / name)
+        assert len(records) == count
+        assert {(r["repo"], r["license"]) for r in records} == {(repo, license)}
+        assert all(len(r["sha"]) == 40 and tuple(r) == (*prs.PR_FIELDS, "license") for r in records)
+        per_file += records
+    # The folder is read file by file in name order; it is the default source.
+    assert prs.read_pr_records(prs.EMBEDDED_PRS) == per_file == prs.read_pr_records()
+    notice = (prs.EMBEDDED_PRS / "NOTICE").read_text()
+    for name, (repo, license, count) in EMBEDDED_FILES.items():
+        licence_file = prs.EMBEDDED_PRS / "licenses" / f"{repo.replace('/', '__')}.txt"
+        assert licence_file.is_file() and f"licenses/{licence_file.name}" in notice
+        assert name in notice and repo in notice and license in notice
+
+
+@pytest.mark.shared
 @needs_shared
-def test_reads_the_shared_files():
-    harness = prs.read_pr_records(SHARED_PRS / "lm-evaluation-harness.jsonl")
-    trl = prs.read_pr_records(SHARED_PRS / "trl.jsonl")
-    assert len(harness) == 428 and len(trl) == 800
-    assert {r["repo"] for r in harness} == {"EleutherAI/lm-evaluation-harness"}
-    assert {r["repo"] for r in trl} == {"huggingface/trl"}
-    # A folder is read file by file in name order.
-    assert prs.read_pr_records(SHARED_PRS) == harness + trl
-    assert all(tuple(r) == prs.PR_FIELDS for r in trl)
+def test_the_embedded_records_are_the_shared_ones():
+    """The package ships ../shared/data/prs unchanged but for the licence field (scripts/embed_prs.py)."""
+    for name in EMBEDDED_FILES:
+        shared = prs.read_pr_records(SHARED_PRS / name.removesuffix(".gz"))
+        embedded = prs.read_pr_records(prs.EMBEDDED_PRS / name)
+        assert [{k: v for k, v in r.items() if k != "license"} for r in embedded] == shared
 
 
-@needs_shared
-def test_classified_line_counts_match_numstat_for_every_shared_record():
+def test_classified_line_counts_match_numstat_for_every_embedded_record():
     mismatched = []
-    for record in prs.read_pr_records(SHARED_PRS):
+    for record in prs.read_pr_records():
         lines = prs.diff_lines(record["diff"])
         kinds = prs.classify_diff_lines(lines)
         assert len(kinds) == len(lines) and set(kinds) <= set(prs.LINE_KINDS)
@@ -117,14 +138,40 @@ def test_classified_line_counts_match_numstat_for_every_shared_record():
     assert mismatched == []
 
 
-@needs_shared
-def test_pr_document_of_a_shared_record():
-    record = prs.read_pr_records(SHARED_PRS / "trl.jsonl")[0]
+def test_pr_document_of_an_embedded_record():
+    record = prs.read_pr_records(prs.EMBEDDED_PRS / "trl.jsonl.gz")[0]
     doc = prs.pr_document(record)
     assert doc.domain == "github_prs"
     assert doc.source_id == f"huggingface/trl#{record['pr_number']}"
     assert "\n".join(doc.lines) + "\n" == record["diff"]
-    assert doc.provenance == {k: record[k] for k in ("repo", "pr_number", "sha", "title", "merged_at")}
+    assert doc.provenance == {k: record[k] for k in ("repo", "pr_number", "sha", "title", "merged_at", "license")}
+
+
+def test_gzip_records_round_trip_byte_identically(tmp_path):
+    records = prs.read_pr_records(prs.EMBEDDED_PRS / "click.jsonl.gz")
+    prs.write_pr_records(tmp_path / "a.jsonl.gz", records)
+    prs.write_pr_records(tmp_path / "b.jsonl.gz", records)
+    assert (tmp_path / "a.jsonl.gz").read_bytes() == (tmp_path / "b.jsonl.gz").read_bytes()
+    assert (tmp_path / "a.jsonl.gz").read_bytes() == (prs.EMBEDDED_PRS / "click.jsonl.gz").read_bytes()
+    assert prs.read_pr_records(tmp_path / "a.jsonl.gz") == records
+
+
+def test_a_corrupt_gzip_file_is_one_error(tmp_path):
+    data = (prs.EMBEDDED_PRS / "click.jsonl.gz").read_bytes()
+    (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cut\.jsonl\.gz: cannot decompress"):
+        prs.read_pr_records(tmp_path / "cut.jsonl.gz")
+
+
+def test_the_default_test_suite_asks_about_100_different_diffs_of_at_least_three_repositories():
+    from absence_tasks.generate import generate_instances
+
+    for variant in ("omission", "placeholder"):
+        instances = generate_instances("github_prs", variant, 100, "test", seed=0, progress=False)
+        assert len({i.metadata["source_id"] for i in instances}) == 100
+        assert len({i.metadata["repo"] for i in instances}) >= 3
+    for split in ("train", "validation"):
+        assert len(generate_instances("github_prs", "omission", 20, split, seed=0, progress=False)) == 20
 
 
 # ---- bad records ------------------------------------------------------------------------------

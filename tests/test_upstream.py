@@ -9,7 +9,7 @@ import dataclasses
 import datasets
 import pytest
 
-from absence_tasks.generate import SHARED_PRS, default_config, generate_instances
+from absence_tasks.generate import default_config, generate_instances
 from absence_tasks.schema import DOMAINS, PLACEHOLDER, VARIANTS, DataError, Instance
 from absence_tasks.scoring import oracle_answer, score_response
 from absence_tasks.upstream import (from_upstream_record, instances_from_hf_rows, read_upstream,
@@ -115,8 +115,6 @@ def test_hand_built_instances_survive_write_and_read(tmp_path, domain, variant):
 
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_generated_instances_survive_write_and_read(tmp_path, domain):
-    if domain == "github_prs" and not SHARED_PRS.is_dir():
-        pytest.skip("no ../shared/data/prs")
     # Diffs with upstream's context deletion too, so the unscored deleted lines make the round trip.
     config = dataclasses.replace(default_config(domain), context_deletion_prob=0.2) if domain == "github_prs" else None
     unscored_deletions = 0

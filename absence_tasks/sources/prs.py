@@ -1,16 +1,22 @@
-"""Merged pull requests as documents: read the shared JSONL records, mine the same records from a local
-git repository, and label the lines of a unified diff.
+"""Merged pull requests as documents: read PR records (the embedded ones or any JSONL file), mine the
+same records from a local git repository, and label the lines of a unified diff.
 
-A PR record is one squash-merged commit (see ``../shared/README.md``)::
+A PR record is one squash-merged commit, one JSON object per line::
 
-    repo, pr_number, title, sha, merged_at, additions, deletions, diff
+    repo, pr_number, title, sha, merged_at, additions, deletions, diff [, license]
 
 ``diff`` is the full ``git show --format= --patch`` text; ``additions``/``deletions`` are the
-``git show --numstat`` sums. The document made from a record is its diff, one item per line.
+``git show --numstat`` sums; ``license`` (optional) is the SPDX id of the repository's licence. The
+document made from a record is its diff, one item per line.
+
+The package ships 1,868 such records of five permissively licensed repositories (``EMBEDDED_PRS``,
+gzip-compressed JSONL, one file per repository, with a NOTICE and each licence beside them): the
+default PR source everywhere, so every machine generates the same suite.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -22,10 +28,13 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from absence_tasks.schema import DataError, atomic_write_text, iter_json_records
+from absence_tasks.schema import DataError, atomic_write_bytes, iter_json_records
 from absence_tasks.sources import Document
 
 PR_FIELDS = ("repo", "pr_number", "title", "sha", "merged_at", "additions", "deletions", "diff")
+OPTIONAL_PR_FIELDS = ("license",)
+EMBEDDED_PRS = Path(__file__).resolve().parent / "data" / "prs"
+PR_FILE_SUFFIXES = (".jsonl", ".jsonl.gz")
 _INT_FIELDS = frozenset({"pr_number", "additions", "deletions"})
 
 # How the lines outside a hunk body begin in `git show` / `git diff` output (file headers, mode and
@@ -116,19 +125,23 @@ def check_pr_record(record: dict[str, Any]) -> dict[str, Any]:
                 raise DataError(f"field {name!r} must be >= 0, got {value}")
         elif not isinstance(value, str):
             raise DataError(f"field {name!r} must be a string, got {type(value).__name__}")
+    for name in OPTIONAL_PR_FIELDS:
+        if name in record and not isinstance(record[name], str):
+            raise DataError(f"field {name!r} must be a string, got {type(record[name]).__name__}")
     added, removed = count_changed_lines(record["diff"])
     if added + removed == 0:
         raise DataError("PR record has no changed lines in its diff")
-    return {name: record[name] for name in PR_FIELDS}
+    return {name: record[name] for name in (*PR_FIELDS, *OPTIONAL_PR_FIELDS) if name in record}
 
 
-def read_pr_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """PR records from a JSONL file, or from every ``*.jsonl`` file of a folder (by file name)."""
+def read_pr_records(path: str | os.PathLike = EMBEDDED_PRS) -> list[dict[str, Any]]:
+    """PR records from a JSONL file (``.jsonl`` or ``.jsonl.gz``), or from every such file of a folder
+    (by file name); by default the embedded records."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("*.jsonl"))
+        files = sorted(f for f in path.iterdir() if f.name.endswith(PR_FILE_SUFFIXES))
         if not files:
-            raise DataError(f"{path}: no *.jsonl files in folder")
+            raise DataError(f"{path}: no *.jsonl files (nor *.jsonl.gz) in folder")
     elif path.is_file():
         files = [path]
     else:
@@ -145,15 +158,23 @@ def read_pr_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
-def write_pr_records(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
-    """Write records in the shared JSONL format, all at once (no partial file on a bad record)."""
+def write_pr_records(path: str | os.PathLike, records: Iterable[dict[str, Any]],
+                     license: str | None = None) -> None:
+    """Write records as JSONL (gzip-compressed when the name ends in ".gz", with no timestamp, so the same
+    records give the same bytes), all at once: no partial file on a bad record. `license` (an SPDX id)
+    is recorded in every record that does not name one."""
     out = []
     for i, record in enumerate(records, start=1):
+        if license is not None:
+            record = {**record, "license": record.get("license", license)}
         try:
             out.append(json.dumps(check_pr_record(record), ensure_ascii=False) + "\n")
         except DataError as e:
             raise DataError(f"{path}: record {i}: {e}") from None
-    atomic_write_text(path, "".join(out))
+    data = "".join(out).encode("utf-8")
+    if str(path).endswith(".gz"):
+        data = gzip.compress(data, compresslevel=9, mtime=0)
+    atomic_write_bytes(path, data)
 
 
 def pr_document(record: dict[str, Any]) -> Document:
@@ -164,7 +185,8 @@ def pr_document(record: dict[str, Any]) -> Document:
         source_id=f"{repo}#{number}" if number else f"{repo}@{sha[:12]}",
         lines=diff_lines(record["diff"]),
         provenance={"repo": repo, "pr_number": number, "sha": sha, "title": record["title"],
-                    "merged_at": record["merged_at"]},
+                    "merged_at": record["merged_at"],
+                    **{name: record[name] for name in OPTIONAL_PR_FIELDS if name in record}},
     )
 
 
