@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -89,21 +90,58 @@ class PluginTaskManager(lm_eval.tasks.TaskManager):
         super().__init__(*args, include_path=[*plugins, *given], **kwargs)
 
 
-def _local_pretrained_paths(argv: list[str]) -> list[str]:
-    """`pretrained=` values of `--model_args` that name a local path (hub ids are left to lm-eval)."""
-    paths = []
+def _model_args(argv: list[str]) -> dict[str, str]:
+    """The `--model_args k=v,...` of an lm_eval command line, as a dict."""
+    args: dict[str, str] = {}
     for flag, value in zip(argv, argv[1:]):
         if flag == "--model_args":
             for item in value.split(","):
-                key, _, path = item.partition("=")
-                if key.strip() == "pretrained" and (Path(path).exists() or path.startswith((".", "/", "~"))):
-                    paths.append(path)
-    return paths
+                key, _, val = item.partition("=")
+                args[key.strip()] = val.strip()
+    return args
+
+
+def _local_pretrained_path(model_args: dict[str, str]) -> Path | None:
+    """A `pretrained=` value that names a local path (hub ids are left to lm-eval)."""
+    path = model_args.get("pretrained")
+    if path and (Path(path).exists() or path.startswith((".", "/", "~"))):
+        return Path(path).expanduser()
+    return None
+
+
+def check_api_server(base_url: str, model: str, auth_token: str | None = None, timeout: float = 60.0) -> None:
+    """One 1-token request to an OpenAI-compatible `base_url` before any work: a server that is down
+    or answers something other than a (chat) completion is a DataError, not minutes of retries that
+    end in a traceback or, worse, in empty answers lm-eval scores as 0."""
+    import requests
+
+    chat = base_url.rstrip("/").endswith("chat/completions")
+    payload = {"model": model, "max_tokens": 1, "temperature": 0,
+               **({"messages": [{"role": "user", "content": "Reply with OK."}]} if chat else {"prompt": "OK"})}
+    key = auth_token or os.environ.get("OPENAI_API_KEY")  # as lm-eval's local-*-completions send it
+    try:
+        response = requests.post(base_url, json=payload, timeout=timeout,
+                                 headers={"Authorization": f"Bearer {key}"} if key else {})
+    except requests.RequestException as e:
+        raise DataError(f"the API server at {base_url} does not answer ({type(e).__name__})") from None
+    if not response.ok:
+        raise DataError(f"the API server at {base_url} answered HTTP {response.status_code}: "
+                        f"{' '.join(response.text.split())[:200]}")
+    try:
+        choice = response.json()["choices"][0]
+        text = choice["message"]["content"] if chat else choice["text"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        text = None
+    if not isinstance(text, str):
+        raise DataError(f"the API server at {base_url} answered something that is not a "
+                        f"{'chat ' if chat else ''}completion: {' '.join(response.text.split())[:200]!r}")
 
 
 def main() -> None:
     """`absence-lm-eval ...`: the lm_eval CLI with the models above registered and the plugin tasks
-    indexed, and one-line errors for a `pretrained=` path that is not a model or a bad data file."""
+    indexed, and one-line errors for a `pretrained=` path that is not a model, an API server that is
+    down or answers garbage, or a bad data file."""
+    import requests
     from lm_eval.__main__ import cli_evaluate
 
     from absence_tasks.models import load_checkpoint_or_die
@@ -111,12 +149,18 @@ def main() -> None:
     sys.argv[0] = "absence-lm-eval"
     # Every lm-eval subcommand (run, ls, validate) looks the class up here when it builds its index.
     lm_eval.tasks.TaskManager = PluginTaskManager
+    model_args = _model_args(sys.argv[1:])
     try:
-        for path in _local_pretrained_paths(sys.argv[1:]):
-            load_checkpoint_or_die(Path(path).expanduser())
+        if (path := _local_pretrained_path(model_args)) is not None:
+            load_checkpoint_or_die(path)
+        if "base_url" in model_args:
+            check_api_server(model_args["base_url"], model_args.get("model", ""), model_args.get("auth_token"))
         cli_evaluate()
     except (DataError, ValueError) as e:
         print(f"absence-lm-eval: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except requests.RequestException as e:  # the server went away during the run
+        print(f"absence-lm-eval: error: the API server stopped answering: {type(e).__name__}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -354,7 +354,8 @@ def build_row(results_path: Path, *, method: str | None = None, model_name: str 
     else:
         if pretrained:
             notes.append(f"pretrained={pretrained} is not a folder here: no checkpoint hash or training record")
-        default_name = str(pretrained) if pretrained else backend
+        # An API backend names its model with `model=` (gpt-4.1, claude-..., a served model name).
+        default_name = str(pretrained or model_args(results).get("model") or backend)
     chosen_method = method or card_method or ("oracle" if backend == ORACLE_BACKEND else "zero-shot")
     row = {
         "model": model_name or default_name,

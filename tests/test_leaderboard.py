@@ -384,8 +384,8 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_leaderboard_unchanged(tmp_p
 
 
 def test_committed_study_leaderboards_are_valid():
-    """The study results committed under leaderboard/results/ stay readable as the schema evolves."""
-    boards = sorted((Path(__file__).resolve().parent.parent / "leaderboard" / "results").rglob("leaderboard.json"))
+    """The study results committed under results/ stay readable as the schema evolves."""
+    boards = sorted((Path(__file__).resolve().parent.parent / "results").rglob("leaderboard.json"))
     assert boards, "no committed leaderboard found"
     for board in boards:
         doc = load(board)

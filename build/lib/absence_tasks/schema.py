@@ -1,0 +1,246 @@
+"""The one data schema: an omission instance, its validation, and its JSONL / `datasets` I/O.
+
+An instance pairs an original document with a modified copy:
+
+* ``omission``    – lines at ``omitted_indices`` (into ``original_lines``) are deleted;
+* ``placeholder`` – the same lines are replaced by the visible marker ``PLACEHOLDER``;
+* ``needle``      – nothing is deleted; lines are inserted at ``inserted_indices`` (into
+  ``modified_lines``), the presence control: the model must list the inserted lines back.
+
+The gold answer is derived from these indices (``Instance.answer_lines``) and never stored twice.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DOMAINS = ("numerical", "poetry", "github_prs")
+VARIANTS = ("omission", "placeholder", "needle")
+SPLITS = ("train", "validation", "test")
+# Upstream AbsenceBench's marker for a deleted line in its placeholder setting.
+PLACEHOLDER = "<missing line>"
+# A document longer than this is almost certainly a mistake (the paper's longest inputs are ~1,200 lines).
+MAX_DOCUMENT_LINES = 20_000
+
+FIELDS = ("id", "domain", "variant", "split", "original_lines", "modified_lines",
+          "omitted_indices", "inserted_indices", "metadata")
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file (and line) and the problem in one line."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str
+    domain: str
+    variant: str
+    split: str
+    original_lines: tuple[str, ...]
+    modified_lines: tuple[str, ...]
+    omitted_indices: tuple[int, ...] = ()
+    inserted_indices: tuple[int, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        # Normalise lists (from JSON) to tuples so instances are hashable-ish and immutable.
+        for name in ("original_lines", "modified_lines", "omitted_indices", "inserted_indices"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        validate(self)
+
+    # ---- derived views -------------------------------------------------------------------
+    @property
+    def answer_lines(self) -> list[str]:
+        """The lines a perfect answer lists, in document order."""
+        if self.variant == "needle":
+            return [self.modified_lines[i] for i in self.inserted_indices]
+        return [self.original_lines[i] for i in self.omitted_indices]
+
+    @property
+    def original_text(self) -> str:
+        return "\n".join(self.original_lines)
+
+    @property
+    def modified_text(self) -> str:
+        return "\n".join(self.modified_lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "domain": self.domain,
+            "variant": self.variant,
+            "split": self.split,
+            "original_lines": list(self.original_lines),
+            "modified_lines": list(self.modified_lines),
+            "omitted_indices": list(self.omitted_indices),
+            "inserted_indices": list(self.inserted_indices),
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "Instance":
+        if not isinstance(record, dict):
+            raise DataError(f"expected a JSON object, got {type(record).__name__}")
+        missing = [k for k in ("id", "domain", "variant", "split", "original_lines", "modified_lines")
+                   if k not in record]
+        if missing:
+            raise DataError(f"missing field(s) {', '.join(missing)}")
+        unknown = sorted(set(record) - set(FIELDS))
+        if unknown:
+            raise DataError(f"unknown field(s) {', '.join(unknown)}")
+        return cls(
+            id=str(record["id"]),
+            domain=record["domain"],
+            variant=record["variant"],
+            split=record["split"],
+            original_lines=record["original_lines"],
+            modified_lines=record["modified_lines"],
+            omitted_indices=record.get("omitted_indices", ()),
+            inserted_indices=record.get("inserted_indices", ()),
+            metadata=record.get("metadata") or {},
+        )
+
+
+def validate(inst: Instance) -> None:
+    """Raise DataError unless the instance is internally consistent."""
+    if inst.domain not in DOMAINS:
+        raise DataError(f"unknown domain {inst.domain!r} (expected one of {', '.join(DOMAINS)})")
+    if inst.variant not in VARIANTS:
+        raise DataError(f"unknown variant {inst.variant!r} (expected one of {', '.join(VARIANTS)})")
+    if inst.split not in SPLITS:
+        raise DataError(f"unknown split {inst.split!r} (expected one of {', '.join(SPLITS)})")
+    for name in ("original_lines", "modified_lines"):
+        lines = getattr(inst, name)
+        if not all(isinstance(x, str) for x in lines):
+            raise DataError(f"{name} must be a list of strings")
+        if any("\n" in x for x in lines):
+            raise DataError(f"{name} contains a string with a newline; one list item is one line")
+    if len(inst.original_lines) < 2:
+        raise DataError(f"instance {inst.id}: the original document has {len(inst.original_lines)} line(s); "
+                        "at least 2 are needed")
+    if len(inst.original_lines) > MAX_DOCUMENT_LINES or len(inst.modified_lines) > MAX_DOCUMENT_LINES:
+        raise DataError(f"instance {inst.id}: document longer than {MAX_DOCUMENT_LINES} lines")
+    for name, bound in (("omitted_indices", len(inst.original_lines)),
+                        ("inserted_indices", len(inst.modified_lines))):
+        idx = getattr(inst, name)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
+            raise DataError(f"instance {inst.id}: {name} must be integers")
+        if list(idx) != sorted(set(idx)):
+            raise DataError(f"instance {inst.id}: {name} must be strictly increasing")
+        if idx and not (0 <= idx[0] and idx[-1] < bound):
+            raise DataError(f"instance {inst.id}: {name} out of range (0..{bound - 1})")
+    if inst.variant == "needle":
+        if inst.omitted_indices:
+            raise DataError(f"instance {inst.id}: a needle instance omits nothing")
+        if len(inst.modified_lines) != len(inst.original_lines) + len(inst.inserted_indices):
+            raise DataError(f"instance {inst.id}: modified_lines must be original_lines plus the inserted lines")
+    else:
+        if inst.inserted_indices:
+            raise DataError(f"instance {inst.id}: only needle instances have inserted_indices")
+        # Diffs may also lose unscored lines outright (upstream's context-deletion mode; upstream files
+        # also drop repeated lines): they are listed in metadata["dropped_context_indices"].
+        dropped = len(inst.metadata.get("dropped_context_indices", ()))
+        expected = len(inst.original_lines) - dropped - (len(inst.omitted_indices) if inst.variant == "omission" else 0)
+        if len(inst.modified_lines) != expected:
+            raise DataError(f"instance {inst.id}: modified_lines has {len(inst.modified_lines)} lines, "
+                            f"expected {expected} for the {inst.variant} variant")
+
+
+# ---- JSONL ------------------------------------------------------------------------------------
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file all at once: a temp file in the same folder, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """`atomic_write_bytes` of UTF-8 text, written as given (no newline translation)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def dumps_jsonl(records: Iterable[dict[str, Any]]) -> str:
+    # sort_keys + ensure_ascii=False: stable bytes for the same records, readable non-ASCII poetry.
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+
+
+def write_jsonl(path: str | os.PathLike, instances: Iterable[Instance]) -> None:
+    atomic_write_text(path, dumps_jsonl(i.to_dict() for i in instances))
+
+
+def iter_json_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) from a JSONL file, gzip-compressed when its name ends in ".gz";
+    errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        for lineno, raw in enumerate(_lines_or_die(f, path), start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start})") from None
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _lines_or_die(f, path: Path) -> Iterator[bytes]:
+    try:
+        yield from f
+    except (OSError, EOFError) as e:  # a truncated or corrupt .gz file
+        raise DataError(f"{path}: cannot decompress ({e})") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Instance]:
+    instances = []
+    for lineno, obj in iter_json_records(path):
+        try:
+            instances.append(Instance.from_dict(obj))
+        except DataError as e:
+            raise DataError(f"{path}:{lineno}: {e}") from None
+    if not instances:
+        raise DataError(f"{path}: no instances in file")
+    return instances
+
+
+# ---- datasets ---------------------------------------------------------------------------------
+
+def to_hf_dataset(instances: Iterable[Instance]):
+    """A `datasets.Dataset` with one row per instance; metadata is kept as a JSON string because its
+    keys differ between domains (Arrow needs one struct type per column)."""
+    import datasets
+
+    rows = [dict(i.to_dict(), metadata=json.dumps(i.metadata, sort_keys=True)) for i in instances]
+    return datasets.Dataset.from_list(rows)
+
+
+def from_hf_dataset(dataset) -> list[Instance]:
+    out = []
+    for row in dataset:
+        row = dict(row)
+        if isinstance(row.get("metadata"), str):
+            row["metadata"] = json.loads(row["metadata"])
+        out.append(Instance.from_dict(row))
+    return out

@@ -1,0 +1,173 @@
+"""Command-line configuration: one dataclass of script arguments (model, data, LoRA, compute and time budgets) shared
+by both methods, and one training config per method — `AbsenceSFTConfig` (a `trl.SFTConfig`) and
+`ContrastiveConfig` (an `AbsenceSFTConfig` plus the contrastive knobs). `trl.TrlParser` turns them into
+command-line flags, and `--config file.yaml` sets any of them from a YAML file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from trl import SFTConfig
+
+from absence_tasks.models import DEFAULT_CHECKPOINT
+from absence_tasks.schema import DOMAINS, VARIANTS
+from trainers.data import HARD_NEGATIVE_KINDS
+from trainers.losses import POOLING_MODES
+
+# Every linear layer of a Llama block; `--lora_target_modules all-linear` is PEFT's shorthand for the same.
+LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class ScriptArguments:
+    """What to train (model, data) and how much (compute and time budgets); the method's config says how."""
+
+    model_name_or_path: str = field(
+        default=str(DEFAULT_CHECKPOINT),
+        metadata={"help": "A local Hugging Face checkpoint directory (`absence-bench prepare-model` makes the "
+                          "default)."})
+    domains: list[str] = field(
+        default_factory=lambda: list(DOMAINS),
+        metadata={"help": f"Task domains to train on ({', '.join(DOMAINS)})."})
+    variants: list[str] = field(
+        default_factory=lambda: ["omission"],
+        metadata={"help": f"Task variants to train on ({', '.join(VARIANTS)})."})
+    n_train: int = field(
+        default=200,
+        metadata={"help": "Generated training instances per domain and variant (train split, whose sources are "
+                          "disjoint from the test split's). The generator is seeded by --data_seed (default 0)."})
+    max_lines: int | None = field(
+        default=None,
+        metadata={"help": "Cap the length of generated documents (lines); default: the generator's CPU preset."})
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "Train on this instances JSONL (`absence-bench generate --split train`) instead of "
+                          "generating; --domains/--variants select from it."})
+    chat_template: bool = field(
+        default=True,
+        metadata={"help": "Wrap prompt and answer in the tokenizer's chat template (user = prompt, assistant = "
+                          "answer), as lm-eval's --apply_chat_template does; false: raw prompt + answer + EOS."})
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters (merged into the saved model)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(LLAMA_LINEAR_MODULES),
+        metadata={"help": "Module names to adapt (suffixes of the model's module names), or 'all-linear'."})
+    compute_budget_flops: float | None = field(
+        default=None,
+        metadata={"help": "Stop once the counted training FLOPs (6·N per trained token, 2·N per forward-only "
+                          "token) reach this; the same budget gives SFT and contrastive equal compute."})
+    max_train_seconds: float | None = field(
+        default=None,
+        metadata={"help": "Stop once the wall time spent in optimizer steps (forward, backward, update; not "
+                          "start-up or checkpoint saving) reaches this many seconds, summed over the sessions of a "
+                          "resumed run. Whichever of this and --compute_budget_flops is reached first stops it."})
+
+    def __post_init__(self) -> None:
+        if bad := [d for d in self.domains if d not in DOMAINS]:
+            raise ValueError(f"unknown domain {bad[0]!r} (expected one of {', '.join(DOMAINS)})")
+        if bad := [v for v in self.variants if v not in VARIANTS]:
+            raise ValueError(f"unknown variant {bad[0]!r} (expected one of {', '.join(VARIANTS)})")
+        if not self.domains or not self.variants:
+            raise ValueError("--domains and --variants need at least one value each")
+        if self.n_train < 1:
+            raise ValueError(f"--n_train must be >= 1, got {self.n_train}: nothing to train on")
+        if self.max_lines is not None and self.max_lines < 2:
+            raise ValueError(f"--max_lines must be >= 2, got {self.max_lines}")
+        if self.compute_budget_flops is not None and self.compute_budget_flops <= 0:
+            raise ValueError(f"--compute_budget_flops must be > 0, got {self.compute_budget_flops}")
+        if self.max_train_seconds is not None and self.max_train_seconds <= 0:
+            raise ValueError(f"--max_train_seconds must be > 0, got {self.max_train_seconds}")
+        if self.use_peft and (self.lora_r < 1 or self.lora_alpha < 1):
+            raise ValueError("--lora_r and --lora_alpha must be >= 1")
+
+
+@dataclass
+class AbsenceSFTConfig(SFTConfig):
+    """`trl.SFTConfig` with defaults for this project: a 135M model trained on CPU or one GPU."""
+
+    output_dir: str | None = field(default="runs/sft", metadata={"help": "Checkpoints and the final model."})
+    # Recomputing activations costs a third more compute; a 135M model's activations fit easily, and the
+    # contrastive trainer reuses the forward pass's key/value cache, which checkpointing turns off.
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in the backward pass to save memory."})
+    max_length: int | None = field(
+        default=4096,
+        metadata={"help": "Longest tokenised example; longer instances are left out of training (never cut: a "
+                          "truncated answer would teach the model to stop early)."})
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "Resume an interrupted run: a checkpoint-N folder, or `last` for the newest complete one "
+                          "in --output_dir. Token, FLOP and training-time counts continue from the checkpoint."})
+    data_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of the generated training data (default 0) and of the Trainer's data sampler "
+                          "(default: --seed)."})
+    learning_rate: float = field(default=2e-5, metadata={"help": "Initial AdamW learning rate."})
+    # Training a 135M model in float32 on CPU peaks near 2 MB per token: micro-batches of 2 documents
+    # (up to a few thousand tokens each) fit in about 16 GB; accumulation keeps the effective batch at 8.
+    per_device_train_batch_size: int = field(default=2, metadata={"help": "Instances per device per micro-batch."})
+    gradient_accumulation_steps: int = field(
+        default=4, metadata={"help": "Micro-batches accumulated per optimizer step."})
+
+    def __post_init__(self) -> None:
+        # TRL turns bf16 on unless told otherwise, which transformers refuses on a machine without a GPU
+        # (unless --use_cpu). There the default is float32; `--bf16 true --use_cpu true` asks for autocast.
+        if not torch.cuda.is_available():
+            if self.bf16 is None and not self.fp16 and not self.use_cpu:
+                self.bf16 = False
+            self.dataloader_pin_memory = False  # pinned memory only helps copies to a GPU
+        super().__post_init__()
+
+
+@dataclass
+class ContrastiveConfig(AbsenceSFTConfig):
+    """The SFT loss plus the two "attend to absence" objectives (see trainers/contrastive.py)."""
+
+    output_dir: str | None = field(default="runs/contrastive", metadata={"help": "Checkpoints and the final model."})
+    lambda_seq: float = field(
+        default=0.1, metadata={"help": "Weight of the sequence-level InfoNCE loss (0 switches it off)."})
+    lambda_gap: float = field(
+        default=0.1, metadata={"help": "Weight of the gap-level alignment loss (0 switches it off)."})
+    temperature: float = field(default=0.1, metadata={"help": "InfoNCE temperature."})
+    contrastive_layer: int = field(
+        default=-1, metadata={"help": "Hidden layer whose states the contrastive losses use (-1: the last, "
+                                      "after the final norm; 0: the embeddings)."})
+    pooling: str = field(default="mean", metadata={"help": "How a document span becomes one vector.",
+                                                   "choices": list(POOLING_MODES)})
+    gap_margin: float = field(
+        default=0.5, metadata={"help": "The token after a gap is pushed until its cosine similarity with its "
+                                       "counterpart in the complete document is at most this."})
+    hard_negatives: bool = field(
+        default=True, metadata={"help": "Add the --hard_negative_kinds edits of each instance as InfoNCE negatives "
+                                        "(used only when --lambda_seq > 0)."})
+    hard_negative_kinds: list[str] = field(
+        default_factory=lambda: list(HARD_NEGATIVE_KINDS),
+        metadata={"help": "Which hard negatives to build per instance: shortest_line (only the shortest omittable "
+                          "line edited), adjacent_pair (only the two adjacent omittable lines with the shortest "
+                          "combined length edited; none for needle instances or documents without such a pair). "
+                          "Each one costs an extra forward-only pass, counted in the FLOPs: with "
+                          "--share_prefix_cache (it starts at the first edit) 8 to 13 percent of the training "
+                          "pass's FLOPs on the default data.",
+                  "choices": list(HARD_NEGATIVE_KINDS)})
+    in_batch_negatives: bool = field(
+        default=True, metadata={"help": "Other instances' copies are negatives too."})
+    share_prefix_cache: bool = field(
+        default=True, metadata={"help": "Run the extra (complete / hard-negative) passes only from where their "
+                                        "tokens differ from the training sequence, on its key/value cache."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lambda_seq < 0 or self.lambda_gap < 0:
+            raise ValueError("--lambda_seq and --lambda_gap must be >= 0")
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"unknown --pooling {self.pooling!r} (expected one of {', '.join(POOLING_MODES)})")
+        if not -1 <= self.gap_margin <= 1:
+            raise ValueError(f"--gap_margin is a cosine similarity, between -1 and 1; got {self.gap_margin}")
+        if bad := [k for k in self.hard_negative_kinds if k not in HARD_NEGATIVE_KINDS]:
+            raise ValueError(f"unknown --hard_negative_kinds {bad[0]!r} (expected {', '.join(HARD_NEGATIVE_KINDS)})")

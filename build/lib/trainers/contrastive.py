@@ -1,0 +1,361 @@
+"""The "attend to absence" method: `python -m trainers.contrastive [--config run.yaml] [--flags]`.
+
+Loss = SFT loss + lambda_seq · sequence InfoNCE + lambda_gap · gap alignment, all from one training pass
+plus forward-only passes over two companions of each instance:
+
+* the training sequence A: the instance's prompt (original document, then the edited copy — the
+  "recitation" — then the question) and its answer, exactly as SFT sees it (same tokens, same labels);
+* the complete copy B: the same prompt with nothing missing (the recitation equals the original);
+* the hard negatives C: the same prompt with one small edit each (`trainers.data.hard_negatives`, the
+  kinds `hard_negative_kinds` names: only the shortest line edited; only the shortest pair of adjacent
+  lines edited).
+
+Sequence level (exact choice). Every vector is the pooled hidden state (layer `contrastive_layer`,
+`pooling` mean|last) of a document span inside a prompt:
+  anchor   = the ORIGINAL document span of A (with gradient);
+  positive = the recitation span of B — the unaltered copy, in the recitation position (no gradient: a
+             target);
+  negatives= the recitation span of A — the edited copy (with gradient) — and of every C (no gradient);
+  plus, with `in_batch_negatives`, the other instances' positives and negatives. Instances with fewer
+  hard negatives (no adjacent pair to edit) have their missing slots masked out.
+The original text appears in the same first position in A, B and C, so its states are identical across
+them; comparing it with the copy in the recitation position is what makes the task non-trivial: the
+copy's representation must move when lines are missing.
+
+Gap level. The edited recitation of A is aligned token by token with the complete recitation of B
+(character offsets of the fast tokenizer, edited characters mapped to original characters through the
+instance's omitted indices); aligned states are pulled together (1 - cos), and the first token after
+each gap is pushed away from its counterpart (max(0, cos - gap_margin)) — the state there should say
+"something is missing". B's states are a target (no gradient). Only omission instances have a gap
+alignment; a gap at the very end of a copy has no token after it and is not marked.
+
+Cost. B and the Cs share their first tokens with A (the instruction, the whole original document and the
+copy up to its first difference), so with `share_prefix_cache` they are run only from their first
+differing token, on A's key/value cache; their earlier states are A's own (bit-identical in a causal
+model). Their tokens count 2·N each (forward only); A's 6·N.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from absence_tasks.schema import Instance
+from trainers.config import ContrastiveConfig, ScriptArguments
+from trainers.data import (HARD_NEGATIVE_KINDS, Encoded, common_prefix_length, complete_copy, document_char_spans,
+                           encode, hard_negatives, missing_line_indices, token_span)
+from trainers.losses import (char_map_for_omission, combined_loss, gap_alignment_loss, gap_char_positions_for_omission,
+                             gap_token_mask, negatives_by_row, next_token_targets, pool_hidden,
+                             sequence_infonce_loss, token_alignment_from_char_map, token_cross_entropy)
+from trainers.sft import CountingSFTTrainer, main_for
+
+# Collated keys the model never sees (compute_loss takes them out of the batch).
+SIDE_KEYS = ("original_mask", "recitation_mask", "alignment", "gap_mask", "companion_input_ids",
+             "companion_attention_mask", "companion_source", "companion_prefix", "companion_recitation_mask")
+
+
+# ---- features of one instance ------------------------------------------------------------------------
+
+def _recitation_offsets(encoded: Encoded, span: tuple[int, int]) -> list[tuple[int, int]]:
+    """Token character spans relative to the recitation's start; (0, 0) for tokens outside it."""
+    start, end = span
+    return [(s - start, e - start) if e > s and s >= start and e <= end else (0, 0) for s, e in encoded.offsets]
+
+
+def _spans_in_text(encoded: Encoded, instance: Instance) -> tuple[tuple[int, int], tuple[int, int]]:
+    (o_start, o_end), (m_start, m_end) = document_char_spans(instance)
+    shift = encoded.prompt_start
+    return (o_start + shift, o_end + shift), (m_start + shift, m_end + shift)
+
+
+def _companion(tokenizer, instance: Instance, chat: bool, training_ids: Sequence[int]) -> dict[str, Any]:
+    """A companion prompt (complete copy or hard negative), cut after its recitation (nothing later is
+    used), with the length of the prefix it shares with the training sequence."""
+    encoded = encode(tokenizer, instance, chat, with_answer=False)
+    _, recitation_chars = _spans_in_text(encoded, instance)
+    first, last = token_span(encoded.offsets, recitation_chars)
+    ids = encoded.input_ids[:last]
+    return {"encoded": encoded, "recitation_chars": recitation_chars, "ids": ids, "recitation": [first, last],
+            "shared": common_prefix_length(ids, training_ids)}
+
+
+def contrastive_features(tokenizer, instance: Instance, chat: bool,
+                         hard_negative_kinds: Sequence[str] = HARD_NEGATIVE_KINDS) -> dict[str, Any]:
+    """Everything the contrastive trainer needs about one instance, as plain lists (a datasets row).
+
+    input_ids / labels: the training sequence A, tokenised exactly as for SFT.
+    original_span / recitation_span: [first, last) tokens of the two documents in A.
+    complete_ids / complete_recitation / complete_shared: B (cut after its recitation), its recitation
+    tokens, and how many leading tokens it shares with A. hard_ids / hard_recitation / hard_shared: the
+    same, one entry per hard negative (`hard_negatives(instance, hard_negative_kinds)`).
+    alignment: per token of A, the position in B with the same text (-1: none); gap_mask: 1 at the first
+    token after each gap."""
+    training = encode(tokenizer, instance, chat)
+    original_chars, recitation_chars = _spans_in_text(training, instance)
+    complete = _companion(tokenizer, complete_copy(instance), chat, training.input_ids)
+
+    alignment = [-1] * len(training.input_ids)
+    gaps = [0] * len(training.input_ids)
+    if instance.variant == "omission":
+        missing = missing_line_indices(instance)
+        edited_offsets = _recitation_offsets(training, recitation_chars)
+        char_map = char_map_for_omission(instance.original_lines, missing)
+        alignment = token_alignment_from_char_map(
+            edited_offsets, char_map, _recitation_offsets(complete["encoded"], complete["recitation_chars"])).tolist()
+        gaps = gap_token_mask(edited_offsets, instance.modified_text,
+                              gap_char_positions_for_omission(instance.original_lines, missing)).int().tolist()
+
+    features = {
+        "input_ids": training.input_ids,
+        "labels": training.labels,
+        "original_span": list(token_span(training.offsets, original_chars)),
+        "recitation_span": list(token_span(training.offsets, recitation_chars)),
+        "complete_ids": complete["ids"],
+        "complete_recitation": complete["recitation"],
+        "complete_shared": complete["shared"],
+        "alignment": alignment,
+        "gap_mask": gaps,
+    }
+    hard = [_companion(tokenizer, negative, chat, training.input_ids)
+            for negative in hard_negatives(instance, hard_negative_kinds)]
+    features.update(hard_ids=[h["ids"] for h in hard], hard_recitation=[h["recitation"] for h in hard],
+                    hard_shared=[h["shared"] for h in hard])
+    return features
+
+
+def contrastive_dataset(tokenizer, instances: Sequence[Instance], chat: bool, hard_negative_kinds: Sequence[str]):
+    import datasets
+
+    return datasets.Dataset.from_list([contrastive_features(tokenizer, i, chat, hard_negative_kinds)
+                                       for i in instances])
+
+
+# ---- batches ------------------------------------------------------------------------------------------
+
+def _pad(rows: Sequence[Sequence[int]], value: int, length: int | None = None) -> torch.Tensor:
+    length = max(map(len, rows)) if length is None else length
+    return torch.tensor([list(r) + [value] * (length - len(r)) for r in rows], dtype=torch.long)
+
+
+def _span_mask(spans: Sequence[Sequence[int]], length: int) -> torch.Tensor:
+    positions = torch.arange(length)
+    starts, ends = torch.tensor([s[0] for s in spans]), torch.tensor([s[1] for s in spans])
+    return (positions >= starts[:, None]) & (positions < ends[:, None])
+
+
+@dataclass
+class ContrastiveCollator:
+    """Right-padded training sequences with their side information, plus the companion rows (one complete
+    copy per training row first, in row order, then every hard negative of row 0, of row 1, ...): only
+    their tokens after the shared prefix (all of them when `share_prefix` is off), the training row each
+    belongs to and its shared-prefix length."""
+
+    pad_token_id: int
+    with_complete: bool = True
+    with_hard_negative: bool = True
+    share_prefix: bool = True
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(e["input_ids"]) for e in examples)
+        batch = {
+            "input_ids": _pad([e["input_ids"] for e in examples], self.pad_token_id),
+            "attention_mask": _pad([[1] * len(e["input_ids"]) for e in examples], 0),
+            "labels": _pad([e["labels"] for e in examples], -100),
+            "original_mask": _span_mask([e["original_span"] for e in examples], length),
+            "recitation_mask": _span_mask([e["recitation_span"] for e in examples], length),
+            "alignment": _pad([e["alignment"] for e in examples], -1),
+            "gap_mask": _pad([e["gap_mask"] for e in examples], 0).bool(),
+        }
+        # (training row, token ids, recitation span, tokens shared with the training row) per companion
+        rows = []
+        if self.with_complete:
+            rows += [(source, e["complete_ids"], e["complete_recitation"], e["complete_shared"])
+                     for source, e in enumerate(examples)]
+        if self.with_hard_negative:
+            rows += [(source, *hard) for source, e in enumerate(examples)
+                     for hard in zip(e["hard_ids"], e["hard_recitation"], e["hard_shared"])]
+        if not rows:
+            return batch
+        prefixes = [shared if self.share_prefix else 0 for *_, shared in rows]
+        full_length = max(len(ids) for _, ids, _, _ in rows)
+        new_tokens = [ids[prefix:] for (_, ids, _, _), prefix in zip(rows, prefixes)]
+        new_length = max(1, max(map(len, new_tokens)))
+        batch.update(
+            companion_input_ids=_pad(new_tokens, self.pad_token_id, new_length),
+            companion_attention_mask=_pad([[1] * len(t) for t in new_tokens], 0, new_length),
+            companion_source=torch.tensor([source for source, *_ in rows], dtype=torch.long),
+            companion_prefix=torch.tensor(prefixes, dtype=torch.long),
+            companion_recitation_mask=_span_mask([recitation for _, _, recitation, _ in rows], full_length),
+        )
+        return batch
+
+
+# ---- the trainer ----------------------------------------------------------------------------------------
+
+def shared_prefix_cache(cache, source: torch.Tensor, prefix: torch.Tensor) -> tuple[DynamicCache, torch.Tensor]:
+    """A key/value cache for the companion rows: row r gets the first prefix[r] positions of training row
+    source[r], left-padded to the longest prefix; plus the (R, longest) mask of its real positions."""
+    longest = int(prefix.max())
+    index = torch.arange(longest, device=prefix.device)[None, :] - (longest - prefix)[:, None]
+    valid = index >= 0
+    gather_index = index.clamp(min=0)
+
+    def take(states: torch.Tensor) -> torch.Tensor:  # (B, heads, T, d) -> (R, heads, longest, d)
+        rows = states.detach()[source]
+        expanded = gather_index[:, None, :, None].expand(-1, rows.size(1), -1, rows.size(3))
+        return torch.gather(rows, 2, expanded) * valid[:, None, :, None].to(rows.dtype)
+
+    layers = [(take(layer.keys), take(layer.values)) for layer in cache.layers]
+    return DynamicCache(ddp_cache_data=layers), valid.long()
+
+
+def companion_states(model, states: torch.Tensor, past_key_values, side: dict[str, torch.Tensor], layer: int,
+                     reuse_cache: bool) -> tuple[torch.Tensor, int]:
+    """States (R, L, H) at hidden layer `layer` of the companion rows (complete copies, hard negatives),
+    without gradient, and how many tokens the forward-only pass processed.
+
+    Up to its shared prefix a companion's states are its training row's own (`states`, detached — a
+    causal model computes the same thing there); after it they come from one batched no-grad forward
+    over the remaining tokens, attending to the training pass's cache (`past_key_values`) when
+    `reuse_cache`, else (prefixes all 0) over the whole companion."""
+    source, prefix = side["companion_source"], side["companion_prefix"]
+    new_ids, new_mask = side["companion_input_ids"], side["companion_attention_mask"]
+    full_length = side["companion_recitation_mask"].size(1)
+    t = torch.arange(full_length, device=states.device)
+    from_training = states.detach()[source]
+    if from_training.size(1) < full_length:
+        from_training = torch.nn.functional.pad(from_training, (0, 0, 0, full_length - from_training.size(1)))
+    from_training = from_training[:, :full_length]
+    new_count = int(new_mask.sum())
+    if not new_count:
+        return from_training, 0
+    kwargs, attention_mask = {}, new_mask
+    if reuse_cache:
+        cache, prefix_mask = shared_prefix_cache(past_key_values, source, prefix)
+        kwargs["past_key_values"] = cache
+        attention_mask = torch.cat([prefix_mask, new_mask], dim=1)
+    position_ids = prefix[:, None] + torch.arange(new_ids.size(1), device=new_ids.device)[None, :]
+    with torch.no_grad():
+        new_states = model(input_ids=new_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           output_hidden_states=True, logits_to_keep=1, **kwargs).hidden_states[layer]
+    new_index = (t[None, :] - prefix[:, None]).clamp(0, new_states.size(1) - 1)
+    from_new = torch.gather(new_states, 1, new_index[..., None].expand(-1, -1, new_states.size(2)))
+    before_prefix = (t[None, :] < prefix[:, None])[..., None]
+    return torch.where(before_prefix, from_training, from_new.to(from_training.dtype)), new_count
+
+
+class ContrastiveTrainer(CountingSFTTrainer):
+    """SFTTrainer whose loss adds the sequence-level and gap-level objectives (see the module docstring).
+    The SFT term is the same token-mean NLL SFTTrainer computes, on the same tokens."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        layers = self.model.config.get_text_config().num_hidden_layers
+        if not -(layers + 1) <= self.args.contrastive_layer <= layers:
+            raise ValueError(f"--contrastive_layer {self.args.contrastive_layer} is outside the model's "
+                             f"{layers} layers (-{layers + 1}..{layers})")
+
+    @property
+    def sequence_on(self) -> bool:
+        return self.args.lambda_seq > 0
+
+    @property
+    def gap_on(self) -> bool:
+        return self.args.lambda_gap > 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        side = {key: inputs.pop(key) for key in SIDE_KEYS if key in inputs}
+        labels = inputs.pop("labels")
+        needs_states = self.sequence_on or self.gap_on
+        if needs_states and "companion_input_ids" not in side:
+            raise ValueError("the contrastive losses need a ContrastiveCollator built with with_complete=True")
+        reuse_cache = needs_states and bool(side["companion_prefix"].max() > 0)
+        positions, targets = next_token_targets(labels)
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                        logits_to_keep=positions, output_hidden_states=needs_states, use_cache=reuse_cache)
+        sft = token_cross_entropy(outputs.logits, targets, num_items_in_batch)
+        sft_mean = token_cross_entropy(outputs.logits.detach(), targets)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            sft = sft * self.accelerator.num_processes  # as SFTTrainer: DDP averages gradients across ranks
+
+        seq = gap = None
+        forward_only_tokens = 0
+        if needs_states:
+            states = outputs.hidden_states[self.args.contrastive_layer]
+            companions, forward_only_tokens = companion_states(model, states, outputs.past_key_values, side,
+                                                               self.args.contrastive_layer, reuse_cache)
+            batch = states.size(0)
+            if self.sequence_on:
+                seq = self._sequence_loss(states, companions, side, batch)
+            if self.gap_on:
+                gap = gap_alignment_loss(companions[:batch], states, side["alignment"], side["gap_mask"],
+                                         margin=self.args.gap_margin)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["sft_loss"].append(sft_mean.item())
+        for name, term in (("seq_loss", seq), ("gap_loss", gap)):
+            if term is not None:
+                self._metrics[mode][name].append(term.item())
+        # Those two are per-micro-batch means; with num_items_in_batch the Trainer leaves gradient
+        # accumulation to the loss, so they are averaged over the accumulated micro-batches here.
+        steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+        loss = combined_loss(sft, None if seq is None else seq / steps, None if gap is None else gap / steps,
+                             self.args.lambda_seq, self.args.lambda_gap)
+        if mode == "train":
+            self.count(inputs["attention_mask"].size(0), inputs["attention_mask"].sum(), forward_only_tokens)
+        return (loss, outputs) if return_outputs else loss
+
+    def _sequence_loss(self, states, companions, side, batch) -> torch.Tensor:
+        pooling = self.args.pooling
+        anchor = pool_hidden(states, side["original_mask"], pooling)
+        edited = pool_hidden(states, side["recitation_mask"], pooling)
+        recitation_mask = side["companion_recitation_mask"]
+        positive = pool_hidden(companions[:batch], recitation_mask[:batch], pooling)
+        hard = (pool_hidden(companions[batch:], recitation_mask[batch:], pooling) if companions.size(0) > batch
+                else edited.new_zeros(0, edited.size(-1)))
+        hard, hard_mask = negatives_by_row(hard, side["companion_source"][batch:], batch)
+        negatives = torch.cat([edited.unsqueeze(1), hard], dim=1)
+        edited_present = torch.ones(batch, 1, dtype=torch.bool, device=hard_mask.device)
+        negative_mask = torch.cat([edited_present, hard_mask], dim=1)
+        return sequence_infonce_loss(anchor, positive, negatives, self.args.temperature, negative_mask=negative_mask,
+                                     in_batch_negatives=self.args.in_batch_negatives)
+
+
+# ---- the run --------------------------------------------------------------------------------------------
+
+CONTRASTIVE_DESCRIPTION = ("SFT loss plus the 'attend to absence' objectives: sequence-level InfoNCE (the original "
+                           "document closer to its complete copy than to its edited versions) and gap-level "
+                           "alignment (edited-copy states match the complete copy's, except the token after each "
+                           "gap, which is pushed away). See trainers/contrastive.py.")
+
+
+def build_contrastive_trainer(script_args: ScriptArguments, training_args: ContrastiveConfig):
+    def build(model, tokenizer, instances, peft_config, accountant):
+        needs_companions = training_args.lambda_seq > 0 or training_args.lambda_gap > 0
+        with_hard = (needs_companions and training_args.lambda_seq > 0 and training_args.hard_negatives
+                     and bool(training_args.hard_negative_kinds))
+        # The dataset is tokenised here (with offsets); the trainer must keep its side columns.
+        training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        training_args.remove_unused_columns = False
+        collator = ContrastiveCollator(
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            with_complete=needs_companions, with_hard_negative=with_hard,
+            # Gradient checkpointing turns the key/value cache off, so there is no prefix to reuse.
+            share_prefix=training_args.share_prefix_cache and not training_args.gradient_checkpointing)
+        dataset = contrastive_dataset(tokenizer, instances, script_args.chat_template,
+                                      training_args.hard_negative_kinds if with_hard else ())
+        return ContrastiveTrainer(model=model, args=training_args, processing_class=tokenizer, train_dataset=dataset,
+                                  data_collator=collator, peft_config=peft_config, callbacks=[accountant])
+    return build
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_for("contrastive", CONTRASTIVE_DESCRIPTION, ContrastiveConfig, build_contrastive_trainer, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Training data: instances of the TRAIN split, rendered with the evaluation's own Jinja templates.
+
+An instance becomes a prompt/completion pair: the prompt is `render_prompt(instance)` (exactly what lm-eval
+shows the model), the completion `render_answer(instance)`. With the chat template they are a user turn
+and an assistant turn (TRL's conversational prompt-completion format); without it, raw text, and the
+completion ends with the tokenizer's EOS. Either way the loss covers the completion only and its
+end-of-turn token, so the model learns to stop.
+
+`encode` tokenises a pair exactly as TRL's SFTTrainer does, but also keeps the character offsets of every
+token, which the contrastive trainer needs to find the two documents inside the prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from absence_tasks.generate import GenerationConfig, default_config, generate_instances, omittable_indices
+from absence_tasks.prompts import render_answer, render_documents, render_prompt
+from absence_tasks.schema import PLACEHOLDER, DataError, Instance, dumps_jsonl, read_jsonl
+from absence_tasks.sources import Document
+
+
+# ---- instances ------------------------------------------------------------------------------------
+
+def generation_config(domain: str, max_lines: int | None) -> GenerationConfig:
+    """The CPU preset of `domain`, with documents capped at `max_lines` lines when given."""
+    config = default_config(domain)
+    if max_lines is None:
+        return config
+    return replace(config, max_lines=max_lines, min_lines=min(config.min_lines, max_lines))
+
+
+def load_training_instances(domains: Sequence[str], variants: Sequence[str], n_train: int, seed: int, *,
+                            max_lines: int | None = None, train_file: str | Path | None = None,
+                            ) -> list[Instance]:
+    """`n_train` generated TRAIN-split instances per (domain, variant), or the matching instances of
+    `train_file`. Raises DataError (one line) for a missing/empty file, a file holding other splits, or
+    nothing left to train on."""
+    if train_file is None:
+        return [instance for domain in domains for variant in variants
+                for instance in generate_instances(domain, variant, n_train, "train", seed,
+                                                   config=generation_config(domain, max_lines), progress=False)]
+    instances = read_jsonl(train_file)
+    if leaked := sorted({i.split for i in instances} - {"train"}):
+        raise DataError(f"{train_file}: holds {'/'.join(leaked)}-split instances; train only on "
+                        f"`absence-bench generate --split train` data")
+    selected = [i for i in instances if i.domain in domains and i.variant in variants]
+    if not selected:
+        raise DataError(f"{train_file}: none of its {len(instances)} instances is in --domains "
+                        f"{' '.join(domains)} and --variants {' '.join(variants)}")
+    return selected
+
+
+def data_sha256(instances: Sequence[Instance]) -> str:
+    """sha256 of the training data as JSONL bytes (`schema.dumps_jsonl`, the bytes of training_data.jsonl)."""
+    return hashlib.sha256(dumps_jsonl(i.to_dict() for i in instances).encode("utf-8")).hexdigest()
+
+
+# ---- prompt / completion ----------------------------------------------------------------------------
+
+def prompt_completion(instance: Instance, chat: bool) -> dict[str, Any]:
+    """One row of TRL's prompt-completion format: conversational (lists of messages) with the chat
+    template, plain strings without it (TRL then appends the EOS token to the completion)."""
+    prompt, answer = render_prompt(instance), render_answer(instance)
+    if chat:
+        return {"prompt": [{"role": "user", "content": prompt}],
+                "completion": [{"role": "assistant", "content": answer}]}
+    return {"prompt": prompt, "completion": answer}
+
+
+def sft_dataset(instances: Sequence[Instance], chat: bool):
+    """A `datasets.Dataset` in TRL's prompt-completion format, one row per instance, in order."""
+    import datasets
+
+    return datasets.Dataset.from_list([prompt_completion(i, chat) for i in instances])
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenised prompt (+ completion): ids, per-token character spans in `text`, the loss labels
+    (-100 outside the completion), and where the rendered prompt starts in `text`."""
+    text: str
+    input_ids: list[int]
+    offsets: list[tuple[int, int]]
+    labels: list[int]
+    prompt_start: int
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two sequences share."""
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+def _tokenize(tokenizer, text: str, chat: bool) -> tuple[list[int], list[tuple[int, int]]]:
+    # As TRL: a rendered chat is tokenised without adding special tokens (the template has them); a raw
+    # string with the tokenizer's defaults.
+    encoding = tokenizer(text, return_offsets_mapping=True, **({"add_special_tokens": False} if chat else {}))
+    return list(encoding["input_ids"]), [tuple(span) for span in encoding["offset_mapping"]]
+
+
+def _render(tokenizer, prompt: str, answer: str | None, chat: bool) -> str:
+    if not chat:
+        return prompt if answer is None else prompt + answer + tokenizer.eos_token
+    messages = [{"role": "user", "content": prompt}]
+    if answer is None:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
+
+
+def encode(tokenizer, instance: Instance, chat: bool, with_answer: bool = True) -> Encoded:
+    """Tokenise an instance as TRL's SFTTrainer does: the completion starts where the tokens of the prompt
+    alone (with the generation prompt) and of prompt + completion diverge. Without the answer: the prompt
+    as the model sees it at evaluation time, all labels -100."""
+    prompt = render_prompt(instance)
+    text = _render(tokenizer, prompt, render_answer(instance) if with_answer else None, chat)
+    prompt_start = text.find(prompt)
+    if prompt_start < 0:
+        raise ValueError("the tokenizer's chat template changes the prompt text; train with --chat_template false")
+    input_ids, offsets = _tokenize(tokenizer, text, chat)
+    if with_answer:
+        prompt_ids, _ = _tokenize(tokenizer, _render(tokenizer, prompt, None, chat), chat)
+        completion_start = common_prefix_length(prompt_ids, input_ids)
+    else:
+        completion_start = len(input_ids)
+    labels = [-100] * completion_start + input_ids[completion_start:]
+    return Encoded(text, input_ids, offsets, labels, prompt_start)
+
+
+def drop_overlong(tokenizer, instances: Sequence[Instance], chat: bool, max_length: int | None) -> list[Instance]:
+    """The instances whose tokenised prompt + answer fits in `max_length` tokens (a note on stderr says how
+    many were left out); DataError when none does."""
+    if max_length is None:
+        return list(instances)
+    kept = [i for i in instances if len(encode(tokenizer, i, chat).input_ids) <= max_length]
+    if not kept:
+        raise DataError(f"all {len(instances)} training instances are longer than --max_length {max_length} tokens; "
+                        f"raise --max_length or lower --max_lines")
+    if len(kept) < len(instances):
+        print(f"note: left out {len(instances) - len(kept)} of {len(instances)} instances longer than "
+              f"--max_length {max_length} tokens", file=sys.stderr)
+    return kept
+
+
+# ---- where the documents are -----------------------------------------------------------------------
+
+def document_char_spans(instance: Instance) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Character spans [start, end) of the original document and of the modified copy (the
+    "recitation") inside `render_prompt(instance)`, found by rendering the template around markers."""
+    original_marker, modified_marker = "\x00ORIGINAL\x00", "\x00MODIFIED\x00"
+    skeleton = render_documents(instance.domain, instance.variant, original_marker, modified_marker)
+    prefix, rest = skeleton.split(original_marker)
+    middle, suffix = rest.split(modified_marker)
+    original, modified = instance.original_text, instance.modified_text
+    if prefix + original + middle + modified + suffix != render_prompt(instance):
+        raise ValueError(f"instance {instance.id}: the prompt template does not place the documents verbatim")
+    original_start = len(prefix)
+    modified_start = original_start + len(original) + len(middle)
+    return (original_start, original_start + len(original)), (modified_start, modified_start + len(modified))
+
+
+def token_span(offsets: Sequence[tuple[int, int]], char_span: tuple[int, int]) -> tuple[int, int]:
+    """[first, last + 1) of the tokens lying wholly inside `char_span`; ValueError if there are none."""
+    start, end = char_span
+    inside = [i for i, (s, e) in enumerate(offsets) if e > s and s >= start and e <= end]
+    if not inside:
+        raise ValueError(f"no token lies inside characters {start}..{end}")
+    return inside[0], inside[-1] + 1
+
+
+# ---- variants of an instance used by the contrastive method ------------------------------------------
+
+def complete_copy(instance: Instance) -> Instance:
+    """The same task with nothing missing: the modified copy is the original itself."""
+    return replace(instance, modified_lines=instance.original_lines, omitted_indices=(), inserted_indices=(),
+                   metadata={})
+
+
+def missing_line_indices(instance: Instance) -> list[int]:
+    """Original lines the copy lacks or blanks out: the omitted ones and any dropped context lines."""
+    return sorted({*instance.omitted_indices, *instance.metadata.get("dropped_context_indices", ())})
+
+
+def _omittable_candidates(instance: Instance) -> list[int]:
+    """The original lines the generator could have omitted (scored ones first, else context, else any)."""
+    scored, context = omittable_indices(Document(instance.domain, instance.id, instance.original_lines))
+    return scored or context or list(range(len(instance.original_lines)))
+
+
+def _with_lines_edited(instance: Instance, edited: Sequence[int]) -> Instance:
+    """The same task whose only edit is `edited`: those original lines deleted (omission) or replaced by
+    the placeholder (placeholder)."""
+    gone = set(edited)
+    lines = instance.original_lines
+    if instance.variant == "placeholder":
+        modified = tuple(PLACEHOLDER if i in gone else line for i, line in enumerate(lines))
+    else:
+        modified = tuple(line for i, line in enumerate(lines) if i not in gone)
+    return replace(instance, modified_lines=modified, omitted_indices=tuple(sorted(gone)), metadata={})
+
+
+def shortest_line_negative(instance: Instance) -> Instance:
+    """The same task with a single edit — the hardest kind (what the generator's `n_omitted=1` makes).
+
+    omission / placeholder: the original's shortest omittable line (short lines are the easiest to miss;
+    first of equals) is deleted / replaced by the placeholder; if that is exactly the instance's own edit,
+    the next shortest is taken so the negative adds something. needle: only the shortest of the
+    instance's inserted lines is kept. Deterministic: no randomness involved."""
+    lines = instance.original_lines
+    if instance.variant == "needle":
+        position = min(instance.inserted_indices, key=lambda i: (len(instance.modified_lines[i]), i))
+        before = sum(1 for i in instance.inserted_indices if i < position)  # needles ahead of it
+        kept = lines[:position - before] + (instance.modified_lines[position],) + lines[position - before:]
+        return replace(instance, modified_lines=kept, inserted_indices=(position - before,), metadata={})
+    candidates = sorted(_omittable_candidates(instance), key=lambda i: (len(lines[i]), i))
+    own_edit = missing_line_indices(instance)
+    choice = next((i for i in candidates if [i] != own_edit), candidates[0])
+    return _with_lines_edited(instance, [choice])
+
+
+def adjacent_pair_negative(instance: Instance) -> Instance | None:
+    """The same task with two adjacent lines edited, one gap that hides two lines: of the pairs of
+    neighbouring omittable lines, the one with the shortest combined length (first of equals), other
+    than the instance's own edit. None when there is no such pair (needle instances — their edits are
+    insertions —, documents without two neighbouring omittable lines, or a pair that is the whole
+    document). Deterministic: no randomness involved."""
+    lines = instance.original_lines
+    if instance.variant == "needle" or len(lines) < 3:
+        return None
+    candidates = set(_omittable_candidates(instance))
+    pairs = sorted(((i, i + 1) for i in candidates if i + 1 in candidates),
+                   key=lambda pair: (len(lines[pair[0]]) + len(lines[pair[1]]), pair[0]))
+    own_edit = missing_line_indices(instance)
+    pair = next((p for p in pairs if list(p) != own_edit), None)
+    return None if pair is None else _with_lines_edited(instance, pair)
+
+
+HARD_NEGATIVE_BUILDERS = {"shortest_line": shortest_line_negative, "adjacent_pair": adjacent_pair_negative}
+HARD_NEGATIVE_KINDS = tuple(HARD_NEGATIVE_BUILDERS)
+
+
+def hard_negatives(instance: Instance, kinds: Sequence[str] = HARD_NEGATIVE_KINDS) -> list[Instance]:
+    """The hard negatives of `instance`, one per kind in `kinds` order, leaving out kinds that do not apply."""
+    if bad := [k for k in kinds if k not in HARD_NEGATIVE_BUILDERS]:
+        raise ValueError(f"unknown hard negative kind {bad[0]!r} (expected {', '.join(HARD_NEGATIVE_KINDS)})")
+    built = (HARD_NEGATIVE_BUILDERS[kind](instance) for kind in kinds)
+    return [negative for negative in built if negative is not None]
