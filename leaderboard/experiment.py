@@ -211,11 +211,10 @@ class Study:
         zero-shot, else models/<name>)."""
         output = self.out / "eval" / name
         metadata = json.dumps({"data_dir": str(self.out / "data" / "suite")})
-        # `absence-lm-eval`: lm_eval's CLI with the project's models (the oracle) registered; started through
-        # the interpreter so it is the same environment even when the console script is not on PATH.
+        # `absence-lm-eval`: lm_eval's CLI with the project's models (the oracle) and task folder; started
+        # through the interpreter so it is the same environment even when the console script is not on PATH.
         lm_eval_cli = [sys.executable, "-c", "from absence_tasks.lm_eval_models import main; main()"]
-        args = [*lm_eval_cli, "--include_path", str(ROOT / "task_configs"),
-                "--tasks", *groups, "--metadata", metadata, "--output_path", str(output), "--log_samples",
+        args = [*lm_eval_cli, "--tasks", *groups, "--metadata", metadata, "--output_path", str(output), "--log_samples",
                 "--seed", str(self.plan.seed)]
         if name == "oracle":
             args += ["--model", "absence-oracle"]

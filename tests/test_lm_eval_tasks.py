@@ -40,7 +40,8 @@ def samples_of(out_dir: Path, task: str) -> list[dict]:
 
 def test_oracle_scores_one_on_every_task_through_the_cli(tmp_path, env):
     out = tmp_path / "oracle"
-    run(["absence-lm-eval", "--include_path", TASKS, "--tasks", "absencebench", "absencebench_placeholder",
+    # No --include_path: absence-lm-eval indexes the installed task folder itself.
+    run(["absence-lm-eval", "--tasks", "absencebench", "absencebench_placeholder",
          "absencebench_needle", "--model", "absence-oracle", "--metadata", json.dumps({"n": 12}),
          "--output_path", str(out), "--log_samples"], env, tmp_path)
     results = results_of(out)

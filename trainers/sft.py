@@ -297,7 +297,7 @@ def model_card(method: str, record: dict[str, Any]) -> str:
         "",
         "Evaluate with lm-eval:",
         "",
-        f"    lm_eval --include_path task_configs --tasks absencebench --model hf --model_args pretrained=<this dir>"
+        f"    absence-lm-eval --tasks absencebench --model hf --model_args pretrained=<this dir>"
         f"{eval_flag}",
         "",
         "## Full record",
