@@ -173,3 +173,15 @@ def test_unknown_domain_or_variant_in_a_config():
         dataset_loader("poetry", "sonnet")
     with pytest.raises(ValueError, match="unknown domain 'limericks'"):
         dataset_loader("limericks", "omission")
+
+
+def test_absence_lm_eval_indexes_the_plugin_task_folder_beside_a_users_include_path(tmp_path, env):
+    mine = tmp_path / "my_tasks"
+    mine.mkdir()
+    (mine / "my_task.yaml").write_text("task: my_own_task\ndataset_path: json\noutput_type: generate_until\n"
+                                       "doc_to_text: '{{text}}'\ndoc_to_target: '{{text}}'\n")
+    listed = run(["absence-lm-eval", "ls", "tasks", "--include_path", str(mine)], env, tmp_path).stdout
+    assert "my_own_task" in listed and "absence_poetry" in listed and "absencebench" in listed
+    # Plain lm_eval reads no task entry points: without --include_path it knows neither.
+    plain = run(["lm_eval", "ls", "tasks"], env, tmp_path).stdout
+    assert "absence_poetry" not in plain
