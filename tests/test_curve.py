@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _curve_command(model: Path, out: Path, *sizes: str) -> list[str]:
     return [sys.executable, "-m", "leaderboard.curve", "--model", str(model), "--out", str(out), "--backend", "hf",
-            "--sizes", *sizes, "--n-eval", "1", "--", "--max_length", "3000"]
+            "--sizes", *sizes, "--n-eval", "1", "--", "--max_length", "4096"]
 
 
 def test_curve_trains_nested_subsets_and_publishes_the_data_efficiency_page(tiny_llama_dir, tmp_path):

@@ -45,8 +45,9 @@ def test_installed_commands_work_from_another_directory(wheel, tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, system_site_packages=True, with_pip=False)
     python, bin_dir = env_dir / "bin" / "python", env_dir / "bin"
+    # --ignore-installed: the venv also sees this interpreter's (editable) reverse-needle of the same version.
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                    str(wheel)], check=True, capture_output=True, timeout=600)
+                    "--ignore-installed", str(wheel)], check=True, capture_output=True, timeout=600)
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
