@@ -647,6 +647,13 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def error_exit(error: Exception, program: str | None = None) -> int:
+    """Print `error` as one line on stderr ("PROGRAM: error: ..." or "error: ...") and return exit code 2."""
+    prefix = f"{program}: error: " if program else "error: "
+    print(prefix + " ".join(str(error).split()), file=sys.stderr)
+    return 2
+
+
 def check_output_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a directory")
@@ -873,8 +880,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"flank {overall['flank']['mean_over_heads']['ratio']:.3f}, "
                   f"omitted {overall['omitted']['mean_over_heads']['ratio']:.3f}")
     except (DataError, ValueError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return error_exit(e)
     return 0
 
 
