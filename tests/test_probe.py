@@ -310,6 +310,7 @@ def test_cli_end_to_end_with_two_models(tiny_llama_dir, second_tiny_llama_dir, m
         heads = result["top_heads"]
         assert len(heads) == 5 and [abs(h["coefficient"]) for h in heads] == sorted(
             (abs(h["coefficient"]) for h in heads), reverse=True)
+        assert all(0 <= h["mean_after_gap"] <= 1 and 0 <= h["mean_elsewhere"] <= 1 for h in heads)
     transfer = summary["model_transfer"]["attention"]
     assert [list(row) for row in transfer.values()] == [["a", "b"], ["a", "b"]]
     for label in ("a", "b"):   # the diagonal is each model's own cross-validation: the same scores

@@ -371,26 +371,36 @@ def evaluate_feature_set(rows: Rows, feature_set: str, folds: list[tuple[np.ndar
     return result
 
 
-def top_heads(coefficients: np.ndarray, k: int) -> list[dict[str, Any]]:
-    """The k largest |standardised coefficients| of a [layers, heads, statistics] array."""
+def top_heads(coefficients: np.ndarray, k: int, rows: Rows | None = None) -> list[dict[str, Any]]:
+    """The k largest |standardised coefficients| of a [layers, heads, statistics] array; with `rows`,
+    also the raw statistic's mean on the lines after a gap and on the others (what the head does)."""
     order = np.argsort(-np.abs(coefficients).ravel(), kind="stable")[:k]
     heads = []
     for flat in order:
         layer, head, statistic = np.unravel_index(int(flat), coefficients.shape)
-        heads.append({"layer": int(layer), "head": int(head), "statistic": STATISTICS[statistic],
-                      "coefficient": float(coefficients[layer, head, statistic])})
+        entry = {"layer": int(layer), "head": int(head), "statistic": STATISTICS[statistic],
+                 "coefficient": float(coefficients[layer, head, statistic])}
+        if rows is not None:
+            values = rows.statistics[:, layer, head, statistic]
+            entry |= {"mean_after_gap": float(values[rows.labels].mean()),
+                      "mean_elsewhere": float(values[~rows.labels].mean())}
+        heads.append(entry)
     return heads
 
 
 # ---- figures -------------------------------------------------------------------------------------------
 
 def auroc_figure(results: dict[str, dict[str, Any]], feature_sets: Sequence[str]) -> Any:
-    """One panel per feature set: AUROC (95% CI) of the pooled probe, overall and per domain, one bar
-    per model."""
+    """One panel per feature set (three to a row): AUROC (95% CI) of the pooled probe, overall and per
+    domain, one bar per model."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(4.2 * len(feature_sets) + 0.6, 3.6), layout="constrained")
-    axes = figure.subplots(1, len(feature_sets), squeeze=False)[0]
+    n_columns = min(3, len(feature_sets))
+    n_rows = -(-len(feature_sets) // n_columns)
+    figure = Figure(figsize=(4.2 * n_columns + 0.6, 3.2 * n_rows + 0.5), layout="constrained")
+    axes = figure.subplots(n_rows, n_columns, squeeze=False).ravel()
+    for unused in axes[len(feature_sets):]:
+        unused.set_axis_off()
     labels = list(results)
     for ax, feature_set in zip(axes, feature_sets):
         first = results[labels[0]]["feature_sets"][feature_set]
@@ -410,7 +420,8 @@ def auroc_figure(results: dict[str, dict[str, Any]], feature_sets: Sequence[str]
         ax.set_title(f"{feature_set} features", fontsize=9)
         ax.set_ylabel("AUROC (95% CI over instances)", fontsize=8)
         ax.legend(fontsize=7, loc="lower right")
-    figure.suptitle("gap probe: is a missing line readable at the next line's first token?", fontsize=10)
+    figure.suptitle("gap probe: is a missing line readable at the next line's first token? (one probe for all "
+                    "domains, out-of-fold scores)", fontsize=10)
     return figure
 
 
@@ -573,7 +584,7 @@ def run_probe(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             results[label]["feature_sets"][feature_set] = evaluate_feature_set(rows, feature_set, folds, args, label)
         probe = fit_probe(rows.features("attention"), rows.labels, args.C)
         coefficients[label] = probe[-1].coef_[0].reshape(shape["n_layers"], shape["n_heads"], len(STATISTICS))
-        results[label]["top_heads"] = top_heads(coefficients[label], args.top_heads)
+        results[label]["top_heads"] = top_heads(coefficients[label], args.top_heads, rows)
 
     # Transfer between models: the same instance folds, trained on one model's features, scored on another's.
     model_transfer = None
