@@ -317,19 +317,7 @@ def test_cli_end_to_end_with_two_models(tiny_llama_dir, second_tiny_llama_dir, m
         assert transfer[label][label]["auroc"] == summary["results"][label]["feature_sets"]["attention"]["overall"]["auroc"]
 
 
-def test_cli_bad_model_path_exits_2_with_one_line_and_no_output(mixed_instances, tmp_path):
-    data = tmp_path / "data.jsonl"
-    write_jsonl(data, mixed_instances)
-    out, missing = tmp_path / "out", tmp_path / "no-such-model"
-    proc = subprocess.run([sys.executable, "-m", "absence_tasks.analysis.probe", "--model", str(missing),
-                           "--data", str(data), "--out", str(out)],
-                          capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
-    assert proc.returncode == 2
-    assert str(missing) in _one_error_line(proc.stderr)
-    assert not out.exists()
-
-
-def test_cli_bad_data_exits_2_with_one_line_and_no_output(tiny_llama_dir, second_tiny_llama_dir, mixed_instances,
+def test_cli_bad_model_or_data_exits_2_with_one_line_and_no_output(tiny_llama_dir, second_tiny_llama_dir, mixed_instances,
                                                          tmp_path, capsys):
     out = tmp_path / "out"
     empty = tmp_path / "empty.jsonl"
@@ -356,3 +344,10 @@ def test_cli_bad_data_exits_2_with_one_line_and_no_output(tiny_llama_dir, second
         assert probe.main(args + ["--out", str(out)]) == 2, args
         assert named in _one_error_line(capsys.readouterr().err), args
         assert not out.exists()
+    # The same through the module's own entry point, as the README runs it.
+    missing = tmp_path / "no-such-model"
+    command = [sys.executable, "-m", "absence_tasks.analysis.probe", "--model", str(missing), "--data", str(good),
+               "--out", str(out)]
+    finished = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+    assert (finished.returncode, not out.exists()) == (2, True)
+    assert str(missing) in _one_error_line(finished.stderr)
