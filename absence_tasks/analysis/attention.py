@@ -144,21 +144,27 @@ def _consecutive_runs(indices: Iterable[int]) -> list[list[int]]:
     return runs
 
 
+def gap_line_sources(instance: Instance) -> list[int]:
+    """Per line of the gap document, the index of the same line in the document that has everything
+    (a placeholder line maps to the line it stands for)."""
+    if gap_document_is_original(instance):
+        inserted = set(instance.inserted_indices)
+        return [j for j in range(len(instance.modified_lines)) if j not in inserted]
+    dropped = set(instance.metadata.get("dropped_context_indices", ()))
+    leaves_out = set(instance.omitted_indices) if instance.variant == "omission" else set()
+    return [i for i in range(len(instance.original_lines)) if i not in dropped and i not in leaves_out]
+
+
 def find_gaps(instance: Instance) -> list[Gap]:
     """The gaps of an instance: each run of consecutive missing lines is one gap."""
     if gap_document_is_original(instance):
         gap_lines = instance.original_lines
         runs = _consecutive_runs(instance.inserted_indices)
-        inserted = set(instance.inserted_indices)
-        kept = [j for j in range(len(instance.modified_lines)) if j not in inserted]
     else:
         gap_lines = instance.modified_lines
         runs = _consecutive_runs(instance.omitted_indices)
-        dropped = set(instance.metadata.get("dropped_context_indices", ()))
-        leaves_out = set(instance.omitted_indices) if instance.variant == "omission" else set()
-        kept = [i for i in range(len(instance.original_lines)) if i not in dropped and i not in leaves_out]
     # Lines of the document that has everything -> their index in the gap document.
-    in_gap_document = {present: k for k, present in enumerate(kept)}
+    in_gap_document = {present: k for k, present in enumerate(gap_line_sources(instance))}
     n_present = len(instance.modified_lines if gap_document_is_original(instance) else instance.original_lines)
 
     def nearest(candidates: Iterable[int]) -> int | None:
@@ -202,6 +208,40 @@ def tokens_in_span(offsets: np.ndarray, start: int, end: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class TokenizedPrompt:
+    """One instance's model input as tokens, with where its two documents sit (character spans in the
+    model input, so the chat template's text before the prompt is already accounted for)."""
+    input_ids: tuple[int, ...]
+    offsets: np.ndarray              # [n_tokens, 2] character range of each token in the model input
+    original_span: tuple[int, int]
+    modified_span: tuple[int, int]
+
+    def tokens(self, span: tuple[int, int]) -> np.ndarray:
+        return tokens_in_span(self.offsets, *span)
+
+    def line_tokens(self, lines: Sequence[str], document_start: int) -> list[np.ndarray]:
+        """Per line of the document starting at `document_start`, the positions of its text's tokens
+        (empty for a blank line)."""
+        empty = np.empty(0, dtype=np.int64)
+        return [empty if span is None else tokens_in_span(self.offsets, document_start + span[0],
+                                                           document_start + span[1])
+                for span in line_content_spans(lines)]
+
+
+def tokenize_prompt(instance: Instance, tokenizer: Any, use_chat_template: bool = True) -> TokenizedPrompt:
+    """Tokenize the instance's evaluation prompt as the model reads it (fast tokenizer offsets)."""
+    prompt, original_span, modified_span = document_spans(instance)
+    text, prompt_offset = model_input_text(prompt, tokenizer, use_chat_template)
+    # No special tokens of our own: the chat template already has them, and lm-eval adds none either.
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = np.asarray(encoding["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    return TokenizedPrompt(
+        input_ids=tuple(encoding["input_ids"]), offsets=offsets,
+        original_span=(prompt_offset + original_span[0], prompt_offset + original_span[1]),
+        modified_span=(prompt_offset + modified_span[0], prompt_offset + modified_span[1]))
+
+
+@dataclass(frozen=True)
 class GapPositions:
     """Token positions of one instance's model input (all int64 arrays of positions, sorted)."""
     input_ids: tuple[int, ...]
@@ -215,40 +255,32 @@ class GapPositions:
 
 def gap_positions(instance: Instance, tokenizer: Any, use_chat_template: bool = True) -> GapPositions:
     """Tokenize the instance's model input (fast tokenizer offsets) and find the measured tokens."""
-    prompt, original_span, modified_span = document_spans(instance)
-    text, prompt_offset = model_input_text(prompt, tokenizer, use_chat_template)
-    # No special tokens of our own: the chat template already has them, and lm-eval adds none either.
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = np.asarray(encoding["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-
+    tokenized = tokenize_prompt(instance, tokenizer, use_chat_template)
     if gap_document_is_original(instance):
-        gap_span, present_span = original_span, modified_span
+        gap_span, present_span = tokenized.original_span, tokenized.modified_span
         gap_lines, present_lines = instance.original_lines, instance.modified_lines
     else:
-        gap_span, present_span = modified_span, original_span
+        gap_span, present_span = tokenized.modified_span, tokenized.original_span
         gap_lines, present_lines = instance.modified_lines, instance.original_lines
-    gap_start, present_start = prompt_offset + gap_span[0], prompt_offset + present_span[0]
-    gap_line_spans, present_line_spans = line_content_spans(gap_lines), line_content_spans(present_lines)
+    gap_line_tokens = tokenized.line_tokens(gap_lines, gap_span[0])
+    present_line_tokens = tokenized.line_tokens(present_lines, present_span[0])
 
-    def line_tokens(spans: list[tuple[int, int] | None], document_start: int, index: int | None) -> np.ndarray:
-        span = None if index is None else spans[index]
-        if span is None:
-            return np.empty(0, dtype=np.int64)
-        return tokens_in_span(offsets, document_start + span[0], document_start + span[1])
+    def line_tokens(per_line: list[np.ndarray], index: int | None) -> np.ndarray:
+        return np.empty(0, dtype=np.int64) if index is None else per_line[index]
 
-    gap_region = tokens_in_span(offsets, gap_start, prompt_offset + gap_span[1])
+    gap_region = tokenized.tokens(gap_span)
     flank: set[int] = set()
     omitted: set[int] = set()
     gap_starts = []
     gaps = find_gaps(instance)
     for gap in gaps:
         if gap.placeholders:
-            marker = np.concatenate([line_tokens(gap_line_spans, gap_start, k) for k in gap.placeholders])
+            marker = np.concatenate([line_tokens(gap_line_tokens, k) for k in gap.placeholders])
             flank.update(marker.tolist())
             gap_starts.append(int(marker[0]))
         else:
-            before = line_tokens(gap_line_spans, gap_start, gap.before)
-            after = line_tokens(gap_line_spans, gap_start, gap.after)
+            before = line_tokens(gap_line_tokens, gap.before)
+            after = line_tokens(gap_line_tokens, gap.after)
             if before.size:
                 flank.add(int(before[-1]))
             if after.size:
@@ -257,14 +289,14 @@ def gap_positions(instance: Instance, tokenizer: Any, use_chat_template: bool = 
             elif before.size:
                 gap_starts.append(int(before[-1]) + 1)
         for line in gap.absent:
-            omitted.update(line_tokens(present_line_spans, present_start, line).tolist())
+            omitted.update(line_tokens(present_line_tokens, line).tolist())
 
     def positions(values: Iterable[int]) -> np.ndarray:
         return np.array(sorted(values), dtype=np.int64)
 
     return GapPositions(
-        input_ids=tuple(encoding["input_ids"]), flank=positions(flank), omitted=positions(omitted),
-        gap_region=gap_region, present_region=tokens_in_span(offsets, present_start, prompt_offset + present_span[1]),
+        input_ids=tokenized.input_ids, flank=positions(flank), omitted=positions(omitted),
+        gap_region=gap_region, present_region=tokenized.tokens(present_span),
         gap_starts=positions(gap_starts), n_gaps=len(gaps))
 
 
@@ -448,14 +480,14 @@ def summarize_measure(ratios: np.ndarray, rng: np.random.Generator, n_resamples:
     }
 
 
-def _json_ready(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """Floats rounded to 6 decimals, NaN/inf as null, tuples and arrays as lists."""
     if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
+        return json_ready(value.tolist())
     if isinstance(value, (float, np.floating)):
         return round(float(value), 6) if math.isfinite(value) else None
     if isinstance(value, np.integer):
@@ -465,7 +497,7 @@ def _json_ready(value: Any) -> Any:
 
 # ---- figures -------------------------------------------------------------------------------------------
 
-def _save_figure(figure: Any, path: Path) -> None:
+def save_figure(figure: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -615,7 +647,14 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def _check_output_dir(out: Path) -> None:
+def error_exit(error: Exception, program: str | None = None) -> int:
+    """Print `error` as one line on stderr ("PROGRAM: error: ..." or "error: ...") and return exit code 2."""
+    prefix = f"{program}: error: " if program else "error: "
+    print(prefix + " ".join(str(error).split()), file=sys.stderr)
+    return 2
+
+
+def check_output_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a directory")
 
@@ -640,7 +679,7 @@ def run_analysis(args: argparse.Namespace) -> dict[str, Any]:
 
     _check_options(args)
     out = Path(args.out)
-    _check_output_dir(out)
+    check_output_dir(out)
     instances = select_instances(load_instances(args.data, args.domain), args.n)
     f1_by_id: dict[str, float] = {}
     f1_source = None
@@ -738,15 +777,15 @@ def run_analysis(args: argparse.Namespace) -> dict[str, Any]:
             continue
         cells = [[(f"{measure} (n={summary[measure]['mean_over_heads']['n']})", summary[measure]["mean_ratio"])
                   for measure in MEASURES]]
-        _save_figure(heatmap_grid(cells, f"{label}: gap-attention ratio, {name}"), out / f"heatmap_{name}.png")
+        save_figure(heatmap_grid(cells, f"{label}: gap-attention ratio, {name}"), out / f"heatmap_{name}.png")
     for instance, where, strip in strips:
         flank_columns = np.searchsorted(where.gap_region, where.flank)
         gap_columns = np.searchsorted(where.gap_region, where.gap_starts) - 0.5
         document = "original" if gap_document_is_original(instance) else "modified"
         title = f"{label}: {instance.id} ({instance.variant}; attention over the {document} document)"
-        _save_figure(strip_figure(strip, flank_columns, gap_columns, title),
+        save_figure(strip_figure(strip, flank_columns, gap_columns, title),
                      out / f"strip_{_safe_file_part(instance.id)}.png")
-    atomic_write_text(out / SUMMARY_NAME, json.dumps(_json_ready(result_summary), indent=2, ensure_ascii=False,
+    atomic_write_text(out / SUMMARY_NAME, json.dumps(json_ready(result_summary), indent=2, ensure_ascii=False,
                                                      allow_nan=False) + "\n")
     return result_summary
 
@@ -774,7 +813,7 @@ def run_compare(directories: Sequence[str], out_dir: str | os.PathLike) -> dict[
     """comparison.png: one row per group (overall, then each domain), a pair of columns (flank, omitted)
     per run, all on one colour scale; comparison.json: the runs' mean-over-heads ratios and best heads."""
     out = Path(out_dir)
-    _check_output_dir(out)
+    check_output_dir(out)
     summaries = [read_summary(d) for d in directories]
     present = {name for s in summaries for name in s["groups"]}
     group_names = [name for name in ("overall", *DOMAINS) if name in present]
@@ -788,8 +827,8 @@ def run_compare(directories: Sequence[str], out_dir: str | os.PathLike) -> dict[
                                   for name, g in s["groups"].items()}}
                       for s, d in zip(summaries, directories)]}
     out.mkdir(parents=True, exist_ok=True)
-    _save_figure(heatmap_grid(cells, "gap-attention ratio by checkpoint"), out / "comparison.png")
-    atomic_write_text(out / "comparison.json", json.dumps(_json_ready(table), indent=2, ensure_ascii=False) + "\n")
+    save_figure(heatmap_grid(cells, "gap-attention ratio by checkpoint"), out / "comparison.png")
+    atomic_write_text(out / "comparison.json", json.dumps(json_ready(table), indent=2, ensure_ascii=False) + "\n")
     return table
 
 
@@ -841,8 +880,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"flank {overall['flank']['mean_over_heads']['ratio']:.3f}, "
                   f"omitted {overall['omitted']['mean_over_heads']['ratio']:.3f}")
     except (DataError, ValueError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return error_exit(e)
     return 0
 
 
