@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from absence_tasks.io import DataError, atomic_write_text
 
 DOMAINS = ("numerical", "poetry", "github_prs")
 VARIANTS = ("omission", "placeholder", "needle")
@@ -30,10 +31,6 @@ MAX_DOCUMENT_LINES = 20_000
 
 FIELDS = ("id", "domain", "variant", "split", "original_lines", "modified_lines",
           "omitted_indices", "inserted_indices", "metadata")
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the file (and line) and the problem in one line."""
 
 
 @dataclass(frozen=True)
@@ -153,20 +150,6 @@ def validate(inst: Instance) -> None:
 
 
 # ---- JSONL ------------------------------------------------------------------------------------
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a file all at once: a temp file in the same folder, then rename over the target."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def dumps_jsonl(records: Iterable[dict[str, Any]]) -> str:
     # sort_keys + ensure_ascii=False: stable bytes for the same records, readable non-ASCII poetry.

@@ -337,8 +337,6 @@ def write_final_model(trainer, output_dir: str, card: str, instances: Sequence[I
         trainer.state.save_to_json(str(staging / "trainer_state.json"))
         atomic_write_text(staging / CARD_NAME, card)
         names = sorted(p.name for p in staging.iterdir())
-        for name in names:  # some writers create owner-only files; a model is ordinary shared data
-            os.chmod(staging / name, 0o644)
         for name in [n for n in names if n not in FINAL_FILES_LAST] + list(FINAL_FILES_LAST):
             os.replace(staging / name, out / name)
     finally:
