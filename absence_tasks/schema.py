@@ -91,6 +91,7 @@ class Instance:
         unknown = sorted(set(record) - set(FIELDS))
         if unknown:
             raise DataError(f"unknown field(s) {', '.join(unknown)}")
+        check_field_types(record)
         return cls(
             id=str(record["id"]),
             domain=record["domain"],
@@ -100,8 +101,44 @@ class Instance:
             modified_lines=record["modified_lines"],
             omitted_indices=record.get("omitted_indices", ()),
             inserted_indices=record.get("inserted_indices", ()),
-            metadata=record.get("metadata") or {},
+            metadata=record.get("metadata", {}),
         )
+
+
+def _json_type(value: Any) -> str:
+    return {type(None): "null", bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_field_types(record: dict[str, Any]) -> None:
+    """The JSON types of a record's fields, before anything is built from them: a string where a list of
+    lines belongs would otherwise become one line per character."""
+    def expect(name: str, ok: bool, wanted: str) -> None:
+        if not ok:
+            raise DataError(f"field {name!r} must be {wanted}, got {_json_type(record[name])}")
+
+    expect("id", isinstance(record["id"], str) or _is_int(record["id"]), "a string or an integer")
+    for name in ("domain", "variant", "split"):
+        expect(name, isinstance(record[name], str), "a string")
+    for name in ("original_lines", "modified_lines"):
+        value = record[name]
+        expect(name, isinstance(value, list), "a list of strings")
+        bad = next((x for x in value if not isinstance(x, str)), None)
+        if bad is not None:
+            raise DataError(f"field {name!r} must be a list of strings, it holds {_json_type(bad)}")
+    for name in ("omitted_indices", "inserted_indices"):
+        if name in record:
+            value = record[name]
+            expect(name, isinstance(value, list), "a list of integers")
+            bad = next((x for x in value if not _is_int(x)), None)
+            if bad is not None:
+                raise DataError(f"field {name!r} must be a list of integers, it holds {_json_type(bad)}")
+    if "metadata" in record:
+        expect("metadata", isinstance(record["metadata"], dict), "an object")
 
 
 def validate(inst: Instance) -> None:
@@ -182,13 +219,29 @@ def iter_json_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, 
             yield lineno, obj
 
 
-def read_jsonl(path: str | os.PathLike) -> list[Instance]:
+def distinct_ids(path: str | os.PathLike, numbered: Iterable[tuple[int, Instance]]) -> list[Instance]:
+    """The instances of (line number, instance) pairs; DataError at the second use of an id (scores,
+    responses and paired tests are keyed by id)."""
     instances = []
-    for lineno, obj in iter_json_records(path):
-        try:
-            instances.append(Instance.from_dict(obj))
-        except DataError as e:
-            raise DataError(f"{path}:{lineno}: {e}") from None
+    first_line_of: dict[str, int] = {}
+    for lineno, instance in numbered:
+        if instance.id in first_line_of:
+            raise DataError(f"{path}:{lineno}: field 'id': {instance.id!r} is already the id of line "
+                            f"{first_line_of[instance.id]}")
+        first_line_of[instance.id] = lineno
+        instances.append(instance)
+    return instances
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Instance]:
+    def numbered() -> Iterator[tuple[int, Instance]]:
+        for lineno, obj in iter_json_records(path):
+            try:
+                yield lineno, Instance.from_dict(obj)
+            except DataError as e:
+                raise DataError(f"{path}:{lineno}: {e}") from None
+
+    instances = distinct_ids(path, numbered())
     if not instances:
         raise DataError(f"{path}: no instances in file")
     return instances
