@@ -307,6 +307,20 @@ def _row_from_results_only(results_path: Path, results: dict[str, Any], tasks: l
     }
 
 
+def context_notes(results: dict[str, Any], tasks: list[str]) -> list[str]:
+    """What the tasks recorded about prompts too long for the model's context (absence_tasks.lm_eval_tasks)."""
+    notes = []
+    for task in tasks:
+        metadata = results["configs"].get(task, {}).get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else {}
+        if over := metadata.get("prompts_over_context"):
+            notes.append(f"{task}: {over} prompts with their answer budget exceeded the model's context "
+                         f"(lm-eval cut them on the left)")
+        if skipped := metadata.get("skipped_over_context"):
+            notes.append(f"{task}: {skipped} instances skipped, their prompt and answer budget exceeding max_length")
+    return notes
+
+
 def checkpoint_folder(checkpoint: str | os.PathLike | None, pretrained: str | None) -> Path | None:
     """The scored checkpoint's folder: the one named explicitly (which must exist), else lm-eval's
     `pretrained=` when it is a folder from here (a hub id or a path relative to elsewhere is not)."""
@@ -343,7 +357,7 @@ def build_row(results_path: Path, *, method: str | None = None, model_name: str 
     backend = results["config"]["model"]
     pretrained = model_args(results).get("pretrained")
     folder = checkpoint_folder(checkpoint, pretrained)
-    notes = scored.pop("notes")
+    notes = scored.pop("notes") + context_notes(results, tasks)
     weights_sha, training, card_method = None, None, None
     if folder is not None:
         weights_sha = checkpoint_sha256(folder)
