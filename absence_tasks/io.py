@@ -76,12 +76,17 @@ def _umask() -> int:
     return mask
 
 
+def default_file_mode() -> int:
+    """What `open()` gives a new file under the current umask."""
+    return 0o666 & ~_umask()
+
+
 def new_file_mode(path: str | os.PathLike) -> int:
     """The mode a rewrite of `path` should have: the existing file's, else what the umask allows."""
     try:
         return os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
-        return 0o666 & ~_umask()
+        return default_file_mode()
 
 
 def new_directory_mode() -> int:

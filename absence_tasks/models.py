@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from absence_tasks.io import new_directory_mode
+from absence_tasks.io import default_file_mode, new_directory_mode
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -187,6 +187,9 @@ def write_directory_atomically(out_dir: str | os.PathLike, fill: Callable[[Path]
     try:
         os.chmod(staging, new_directory_mode())  # mkdtemp makes it owner-only; a checkpoint is ordinary data
         fill(staging)
+        for path in staging.iterdir():  # safetensors creates owner-only files; a checkpoint is ordinary data
+            if path.is_file():
+                os.chmod(path, default_file_mode())
         _swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
