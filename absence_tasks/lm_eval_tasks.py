@@ -117,7 +117,7 @@ def generation_budget(instance: Instance, counter: TokenCounter = BYTES) -> int:
     (placeholders, or the length difference of the two documents) and, as their size, the longest in
     tokens of the lines that could be the answer, plus room for list decoration; rounded up to a multiple
     of `GEN_TOKS_STEP` so requests fall into a few groups that backends can batch (capped at
-    `MAX_GEN_TOKS`). A perfect answer always fits. Small models often never stop on their own, so this
+    `MAX_GEN_TOKS`). A perfect answer fits whenever the cap is not reached. Small models often never stop on their own, so this
     budget is most of an evaluation's cost."""
     if instance.variant == "placeholder":
         n_lines = sum(1 for x in instance.modified_lines if x == PLACEHOLDER)
