@@ -1,8 +1,10 @@
 """`absence-bench`: generate, score, solve (oracle), convert and mine omission data; prepare the model;
 print the lm-eval task folder.
 
-Every subcommand either succeeds or prints one `absence-bench: error: ...` line and exits 2, leaving no
-partial output file (outputs are written to a temp file and renamed).
+Every subcommand either succeeds or prints one `absence-bench: error: ...` line and exits 2 (130 for
+Ctrl-C), leaving no partial output file (outputs are written to a temp file and renamed). Output paths
+are checked before any work: an output that is a folder, in an unwritable folder, or the same file as
+an input is refused.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from absence_tasks.io import check_output, check_output_folder, run_command
 from absence_tasks.schema import DOMAINS, SPLITS, VARIANTS, DataError, Instance, atomic_write_text, \
     dumps_jsonl, iter_json_records, read_jsonl, write_jsonl
 
@@ -62,7 +65,12 @@ def _write(path: str | Path, instances: list[Instance], fmt: str) -> None:
         write_jsonl(path, instances)
 
 
+def _source_files(args: argparse.Namespace) -> list[str | None]:
+    return [args.prs, args.poems]
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
+    check_output(args.out, _source_files(args))
     start = time.perf_counter()
     instances = _generate(args, args.domain, args.variant)
     _write(args.out, instances, args.format)
@@ -73,9 +81,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_generate_suite(args: argparse.Namespace) -> None:
     out_dir = Path(args.out_dir)
+    names = {(domain, variant): f"{domain}_{variant}_{args.split}.jsonl"
+             for domain in args.domains for variant in args.variants}
+    check_output_folder(out_dir, _source_files(args), names.values())
     for domain in args.domains:
         for variant in args.variants:
-            path = out_dir / f"{domain}_{variant}_{args.split}.jsonl"
+            path = out_dir / names[domain, variant]
             start = time.perf_counter()
             instances = _generate(args, domain, variant)
             _write(path, instances, args.format)
@@ -83,11 +94,16 @@ def cmd_generate_suite(args: argparse.Namespace) -> None:
 
 
 def _responses(path: str | Path) -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
+    line_of: dict[str, int] = {}
     for lineno, rec in iter_json_records(path):
         if not isinstance(rec.get("id"), (str, int)) or not isinstance(rec.get("response"), str):
             raise DataError(f"{path}:{lineno}: a response record needs an 'id' and a 'response' string")
-        out[str(rec["id"])] = rec["response"]
+        key = str(rec["id"])
+        if key in line_of:
+            raise DataError(f"{path}:{lineno}: a second response for id {key!r} (the first is on line {line_of[key]})")
+        line_of[key] = lineno
+        out[key] = rec["response"]
     return out
 
 
@@ -106,16 +122,26 @@ def _report(instances: list[Instance], responses: dict[str, str], out: str | Non
 
 
 def cmd_score(args: argparse.Namespace) -> None:
+    if args.out:
+        check_output(args.out, [args.data, args.responses])
     instances = load_instances(args.data, args.domain)
     responses = _responses(args.responses)
     if unknown := sorted(set(responses) - {i.id for i in instances}):
         raise DataError(f"{args.responses}: {len(unknown)} response id(s) not in {args.data}, e.g. {unknown[0]!r}")
+    if missing := [i.id for i in instances if i.id not in responses]:
+        if not args.missing_as_empty:
+            raise DataError(f"{args.responses}: no response for {len(missing)} of the {len(instances)} instances "
+                            f"of {args.data}, e.g. {missing[0]!r} (--missing-as-empty scores them as empty answers)")
+        print(f"absence-bench: {len(missing)} of {len(instances)} instances have no response; scored as empty",
+              file=sys.stderr)
     print(json.dumps(_report(instances, responses, args.out), indent=2))
 
 
 def cmd_oracle(args: argparse.Namespace) -> None:
     from absence_tasks.scoring import oracle_answer
 
+    if args.responses_out:
+        check_output(args.responses_out, [args.data])
     instances = load_instances(args.data, args.domain)
     responses = {inst.id: oracle_answer(inst) for inst in instances}
     if args.responses_out:
@@ -127,6 +153,7 @@ def cmd_oracle(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
+    check_output(args.out, [args.data])
     instances = load_instances(args.data, args.domain)
     _write(args.out, instances, args.to)
     print(f"wrote {len(instances)} instances to {args.out} ({args.to} format)")
@@ -135,6 +162,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
 def cmd_mine_prs(args: argparse.Namespace) -> None:
     from absence_tasks.sources import prs
 
+    check_output(args.out)
     records = prs.mine_git_repo(args.repo, require_pr_number=not args.all_commits,
                                 min_changed=args.min_changed, max_changed=args.max_changed)
     if not records:
@@ -204,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responses", required=True)
     p.add_argument("--domain", choices=DOMAINS, help="domain of an upstream file with generic field names")
     p.add_argument("--out", help="also write per-instance scores here (JSONL)")
+    p.add_argument("--missing-as-empty", action="store_true",
+                   help="score an instance without a response as an empty answer (counted on stderr) "
+                        "instead of refusing")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("oracle", help="solve a data file with the difflib oracle (must score 1.0)")
@@ -240,12 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except (DataError, ValueError, FileNotFoundError, NotADirectoryError) as e:
-        print(f"absence-bench: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("absence-bench", lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -59,8 +59,9 @@ class GenerationConfig:
             raise ValueError(f"max_lines {self.max_lines} is absurd (limit 20000)")
         if not self.omission_probs or not all(0 < p < 1 for p in self.omission_probs):
             raise ValueError(f"omission probabilities must lie in (0, 1), got {self.omission_probs}")
-        if self.n_omitted is not None and self.n_omitted < 1:
-            raise ValueError(f"n_omitted must be >= 1, got {self.n_omitted}")
+        if self.n_omitted is not None and not 1 <= self.n_omitted < self.max_lines:
+            raise ValueError(f"n_omitted must lie in 1..{self.max_lines - 1} (documents have at most max_lines "
+                             f"{self.max_lines} lines, and one must remain), got {self.n_omitted}")
         for s in self.number_systems:
             numbers.format_number(1, s)  # raises for an unknown system
         if bad := [o for o in self.orders if o not in numbers.ORDERS]:
@@ -130,11 +131,14 @@ def omittable_indices(doc: Document) -> tuple[list[int], list[int]]:
 
 
 def choose_omissions(n_lines: int, candidates: Sequence[int], rng: random.Random, prob: float,
-                     n_omitted: int | None) -> list[int]:
-    """Each candidate is omitted with probability `prob` (or exactly `n_omitted` are), at least one
-    and never every line of the document."""
+                     n_omitted: int | None) -> list[int] | None:
+    """Each candidate is omitted with probability `prob`, at least one and never every line of the
+    document. Or exactly `n_omitted` are; None when the document cannot give that many (the caller
+    skips it: an instance never holds fewer omissions than its metadata records)."""
     if n_omitted is not None:
-        chosen = rng.sample(list(candidates), min(n_omitted, len(candidates)))
+        if n_omitted > len(candidates) or n_omitted >= n_lines:
+            return None
+        return sorted(rng.sample(list(candidates), n_omitted))
     else:
         chosen = [i for i in candidates if rng.random() < prob]
         if not chosen:
@@ -296,6 +300,8 @@ def build_instance(doc: Document, variant: str, split: str, instance_id: str, rn
         return None
     prob = rng.choice(cfg.omission_probs)
     omitted = choose_omissions(len(doc.lines), candidates, rng, prob, cfg.n_omitted)
+    if omitted is None:
+        return None
     dropped = [i for i in context_candidates if rng.random() < cfg.context_deletion_prob]
     metadata = {**base_metadata, "source_id": doc.source_id, "omission_prob": prob, **doc.provenance}
     if dropped:
@@ -360,7 +366,8 @@ def generate_instances(domain: str, variant: str, n: int, split: str = "test", s
             if len(instances) == n:
                 break
             if skipped > 100 + 10 * n:
-                raise DataError(f"{source}: too few documents with lines that can be omitted")
+                exact = f" (--n-omitted {cfg.n_omitted}: documents need that many)" if cfg.n_omitted else ""
+                raise DataError(f"{source}: too few documents with lines that can be omitted{exact}")
             doc = next(docs)
             donor = next(donors) if donors is not None else None
             inst = build_instance(doc, variant, split, f"{domain}-{variant}-{split}-s{seed}-{len(instances):05d}",

@@ -1,7 +1,9 @@
 """`absence-lm-eval`, the lm_eval CLI with the project's plugins, and the lm-eval model classes it registers.
 
 * `absence-oracle` answers every AbsenceBench request with the difflib oracle (it reads the two
-  documents of the request's own doc): F1 must be 1.0 on every task.
+  documents of the request's own doc), cut to the request's `max_gen_toks` as a model's answer would
+  be (tokens of `--model_args tokenizer=...`, else UTF-8 bytes, the bound the budgets then use): F1
+  must be 1.0 on every task, which proves the budgets leave room for a perfect answer.
 * `absence-empty` answers nothing: F1 must be 0 (or upstream's nothing-omitted rule where it applies).
 
 Plain `lm_eval` looks up `--model` before it loads `--include_path` tasks, so these names are only
@@ -29,8 +31,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from absence_tasks import task_config_dir
-
-from absence_tasks.lm_eval_tasks import instance_from_doc
+from absence_tasks.lm_eval_tasks import instance_from_doc, token_counter
 from absence_tasks.schema import DataError
 from absence_tasks.scoring import oracle_answer
 
@@ -38,14 +39,16 @@ from absence_tasks.scoring import oracle_answer
 class _AnswerOnlyLM(LM):
     """A model that only generates; likelihood requests make no sense for these tasks."""
 
-    def __init__(self, **_model_args) -> None:
+    def __init__(self, **model_args) -> None:
         super().__init__()
+        self.counter = token_counter(model_args)
 
     def answer(self, doc: dict) -> str:
         raise NotImplementedError
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        return [self.answer(request.doc) for request in requests]
+        return [self.counter.truncate(self.answer(request.doc), int(request.args[1]["max_gen_toks"]))
+                for request in requests]
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         raise NotImplementedError(f"{type(self).__name__} only answers generate_until tasks")

@@ -9,14 +9,26 @@ Data for a task comes from, in order of precedence (all set with lm-eval's `--me
 * `source: "hub"`: the official AbsenceBench data from the HF hub (needs a network);
 * otherwise a seeded test set generated from the embedded sources (`n`, `seed`, `split`, `preset`,
   `prs`, `git_repo`, `poems` tune it), cached on disk after first use.
+
+Generation budgets and context: lm-eval hands the tasks the model's `--model_args` too, so the
+tokenizer of `tokenizer=` or `pretrained=` sizes each instance's `max_gen_toks` in real tokens (without
+one, a UTF-8 byte counts as a token: no byte-level BPE or byte-fallback tokenizer makes more tokens
+than bytes). A prompt that with its budget exceeds the model's context (`max_length`, vLLM's
+`max_model_len`, else the tokenizer's `model_max_length`) would be cut on the left by lm-eval, losing
+the instruction and the original: such prompts are counted, warned about once per task and recorded as
+`prompts_over_context` in the task's metadata (the results file's `configs`, which the leaderboard row
+reads). With `max_length` set they are skipped instead (`skipped_over_context`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +42,11 @@ from absence_tasks.sources.prs import EMBEDDED_PRS
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MIN_GEN_TOKS, MAX_GEN_TOKS, GEN_TOKS_STEP = 64, 4096, 64
+# Per answer line beyond its own tokens: the newline, a bullet or number, a spare token where the line's
+# edge tokenises differently in the answer than alone.
+TOKENS_PER_LINE_DECORATION = 4
+# A tokenizer's model_max_length above this is transformers' "no limit" placeholder, not a context size.
+NO_CONTEXT_LIMIT = 10**9
 
 
 def cache_dir() -> Path:
@@ -47,22 +64,82 @@ def _generator_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def generation_budget(instance: Instance) -> int:
+class TokenCounter:
+    """Token counts (and truncation) by a model's tokenizer; without one, UTF-8 bytes, an upper bound."""
+
+    def __init__(self, tokenizer: Any = None) -> None:
+        self.tokenizer = tokenizer
+
+    def counts(self, texts: Sequence[str]) -> list[int]:
+        if self.tokenizer is None:
+            return [len(t.encode("utf-8")) for t in texts]
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def truncate(self, text: str, n_tokens: int) -> str:
+        """The longest prefix of `text` (in whole tokens) a model generating `n_tokens` could produce."""
+        if self.tokenizer is None:
+            return text.encode("utf-8")[:n_tokens].decode("utf-8", errors="ignore")
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= n_tokens else self.tokenizer.decode(ids[:n_tokens])
+
+    @property
+    def context(self) -> int | None:
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        return int(limit) if isinstance(limit, int) and 0 < limit < NO_CONTEXT_LIMIT else None
+
+
+BYTES = TokenCounter()
+
+
+@functools.cache
+def _load_tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+
+
+def token_counter(model_args: dict[str, Any]) -> TokenCounter:
+    """The counter for the model lm-eval evaluates: its `tokenizer=` or `pretrained=` tokenizer, else bytes.
+    A tokenizer that does not load leaves the byte bound (safe, only a larger budget) and says so."""
+    source = model_args.get("tokenizer") or model_args.get("pretrained")
+    if not isinstance(source, (str, os.PathLike)) or not str(source):
+        return BYTES
+    try:
+        return TokenCounter(_load_tokenizer(str(source)))
+    except Exception as e:  # transformers raises OSError, ValueError, JSON errors, ... for a bad source
+        print(f"absence tasks: warning: cannot load the tokenizer of {source} ({type(e).__name__}); generation "
+              f"budgets count a UTF-8 byte as a token", file=sys.stderr)
+        return BYTES
+
+
+def generation_budget(instance: Instance, counter: TokenCounter = BYTES) -> int:
     """max_gen_toks for one instance, from what the model itself can see: how many lines are missing
-    (placeholders, or the length difference of the two documents) times the length of the longest
-    lines that could be the answer, plus room for list decoration; rounded up to a multiple of
-    `GEN_TOKS_STEP` so requests fall into a few groups that backends can batch. Small models often
-    never stop on their own, so this budget is most of an evaluation's cost."""
+    (placeholders, or the length difference of the two documents) and, as their size, the longest in
+    tokens of the lines that could be the answer, plus room for list decoration; rounded up to a multiple
+    of `GEN_TOKS_STEP` so requests fall into a few groups that backends can batch (capped at
+    `MAX_GEN_TOKS`). A perfect answer fits whenever the cap is not reached. Small models often never stop on their own, so this
+    budget is most of an evaluation's cost."""
     if instance.variant == "placeholder":
         n_lines = sum(1 for x in instance.modified_lines if x == PLACEHOLDER)
     else:
         n_lines = abs(len(instance.original_lines) - len(instance.modified_lines))
     pool = instance.modified_lines if instance.variant == "needle" else instance.original_lines
-    longest = sorted((len(x) for x in pool), reverse=True)[:max(n_lines, 1)]
-    # Short lines (numbers) may cost a token per character (many BPEs split digits); long lines of
-    # verse or code average well over 3 characters per token. +1 or +8 covers the newline and a bullet.
-    estimate = 16 + sum(min(chars + 1, chars // 3 + 8) for chars in longest)
-    return min(MAX_GEN_TOKS, max(MIN_GEN_TOKS, GEN_TOKS_STEP * math.ceil(estimate / GEN_TOKS_STEP)))
+    longest = sorted(counter.counts(pool), reverse=True)[:max(n_lines, 1)]
+    bound = 16 + sum(tokens + TOKENS_PER_LINE_DECORATION for tokens in longest)
+    return min(MAX_GEN_TOKS, max(MIN_GEN_TOKS, GEN_TOKS_STEP * math.ceil(bound / GEN_TOKS_STEP)))
+
+
+def context_limit(model_args: dict[str, Any], counter: TokenCounter) -> int | None:
+    for key in ("max_length", "max_model_len"):
+        value = model_args.get(key)
+        if value is not None:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                raise DataError(f"{key} must be an integer number of tokens, got {value!r}") from None
+    return counter.context
 
 
 def _check_kind(instances: list[Instance], domain: str, variant: str, where: str) -> list[Instance]:
@@ -123,16 +200,21 @@ def dataset_loader(domain: str, variant: str):
     template_name(domain, variant)  # an unknown domain or variant fails here, when utils.py is read
     def load(**metadata: Any):
         instances = load_instances_for_task(domain, variant, **metadata)
-        dataset = to_hf_dataset(instances)
-        budgets = [generation_budget(i) for i in instances]
-        return {"test": dataset.add_column("max_gen_toks", budgets)}
+        counter = token_counter(metadata)
+        budgets = [generation_budget(i, counter) for i in instances]
+        prompt_tokens = counter.counts([render_prompt(i) for i in instances])
+        dataset = to_hf_dataset(instances).add_column("max_gen_toks", budgets)
+        return {"test": dataset.add_column(PROMPT_TOKENS, prompt_tokens)}
 
     load.__name__ = f"{domain}_{variant}"
     return load
 
 
+PROMPT_TOKENS = "prompt_tokens"  # the rendered prompt's length, without a chat template's few tokens
+
+
 def instance_from_doc(doc: dict[str, Any]) -> Instance:
-    return from_hf_dataset([{k: v for k, v in doc.items() if k != "max_gen_toks"}])[0]
+    return from_hf_dataset([{k: v for k, v in doc.items() if k not in ("max_gen_toks", PROMPT_TOKENS)}])[0]
 
 
 def doc_to_text(doc: dict[str, Any]) -> str:
@@ -175,6 +257,33 @@ class AbsenceTask(ConfigurableTask):
     def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
         # lm-eval hands the YAML's `class:` key to the task config, which does not know it.
         super().__init__(config={k: v for k, v in (config or {}).items() if k != "class"}, **kwargs)
+
+    def download(self, dataset_kwargs: dict[str, Any] | None = None) -> None:
+        super().download(dataset_kwargs)
+        # Our own copy: lm-eval may hand every task the same metadata dict, and the counts are per task.
+        metadata = self.config.metadata = dict(self.config.metadata or {})
+        limit = context_limit(metadata, token_counter(metadata))
+        if limit is None:
+            return
+        docs = self.dataset["test"]
+        over = [k for k, (prompt, budget) in enumerate(zip(docs[PROMPT_TOKENS], docs["max_gen_toks"]))
+                if prompt + budget > limit]
+        task = self.config.task
+        if metadata.get("max_length") is not None:
+            self.dataset["test"] = docs.select([k for k in range(len(docs)) if k not in set(over)])
+            metadata["skipped_over_context"] = len(over)
+            if over:
+                print(f"{task}: skipped {len(over)} of {len(docs)} instances whose prompt and answer budget "
+                      f"exceed max_length {limit} tokens", file=sys.stderr)
+            if len(over) == len(docs):
+                raise DataError(f"{task}: every instance's prompt and answer budget exceed max_length {limit}")
+            return
+        metadata["prompts_over_context"] = len(over)
+        if over:
+            print(f"{task}: warning: {len(over)} of {len(docs)} prompts with their answer budget exceed the "
+                  f"model's {limit}-token context; lm-eval cuts such a prompt on the left (the instruction and "
+                  f"the original). Pass --metadata '{{\"max_length\": {limit}}}' to skip them instead",
+                  file=sys.stderr)
 
     def construct_requests(self, doc, ctx, **kwargs):
         requests = super().construct_requests(doc, ctx, **kwargs)

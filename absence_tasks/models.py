@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from absence_tasks.io import default_file_mode, new_directory_mode
+
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -183,8 +185,11 @@ def write_directory_atomically(out_dir: str | os.PathLike, fill: Callable[[Path]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        os.chmod(staging, 0o755)  # mkdtemp makes it owner-only; a checkpoint is ordinary data
+        os.chmod(staging, new_directory_mode())  # mkdtemp makes it owner-only; a checkpoint is ordinary data
         fill(staging)
+        for path in staging.iterdir():  # safetensors creates owner-only files; a checkpoint is ordinary data
+            if path.is_file():
+                os.chmod(path, default_file_mode())
         _swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from absence_tasks.io import DataError, atomic_write_text
 
 DOMAINS = ("numerical", "poetry", "github_prs")
 VARIANTS = ("omission", "placeholder", "needle")
@@ -31,10 +32,6 @@ MAX_DOCUMENT_LINES = 20_000
 
 FIELDS = ("id", "domain", "variant", "split", "original_lines", "modified_lines",
           "omitted_indices", "inserted_indices", "metadata")
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the file (and line) and the problem in one line."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +92,7 @@ class Instance:
         unknown = sorted(set(record) - set(FIELDS))
         if unknown:
             raise DataError(f"unknown field(s) {', '.join(unknown)}")
+        check_field_types(record)
         return cls(
             id=str(record["id"]),
             domain=record["domain"],
@@ -104,8 +102,44 @@ class Instance:
             modified_lines=record["modified_lines"],
             omitted_indices=record.get("omitted_indices", ()),
             inserted_indices=record.get("inserted_indices", ()),
-            metadata=record.get("metadata") or {},
+            metadata=record.get("metadata", {}),
         )
+
+
+def _json_type(value: Any) -> str:
+    return {type(None): "null", bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_field_types(record: dict[str, Any]) -> None:
+    """The JSON types of a record's fields, before anything is built from them: a string where a list of
+    lines belongs would otherwise become one line per character."""
+    def expect(name: str, ok: bool, wanted: str) -> None:
+        if not ok:
+            raise DataError(f"field {name!r} must be {wanted}, got {_json_type(record[name])}")
+
+    expect("id", isinstance(record["id"], str) or _is_int(record["id"]), "a string or an integer")
+    for name in ("domain", "variant", "split"):
+        expect(name, isinstance(record[name], str), "a string")
+    for name in ("original_lines", "modified_lines"):
+        value = record[name]
+        expect(name, isinstance(value, list), "a list of strings")
+        bad = next((x for x in value if not isinstance(x, str)), None)
+        if bad is not None:
+            raise DataError(f"field {name!r} must be a list of strings, it holds {_json_type(bad)}")
+    for name in ("omitted_indices", "inserted_indices"):
+        if name in record:
+            value = record[name]
+            expect(name, isinstance(value, list), "a list of integers")
+            bad = next((x for x in value if not _is_int(x)), None)
+            if bad is not None:
+                raise DataError(f"field {name!r} must be a list of integers, it holds {_json_type(bad)}")
+    if "metadata" in record:
+        expect("metadata", isinstance(record["metadata"], dict), "an object")
 
 
 def validate(inst: Instance) -> None:
@@ -155,25 +189,6 @@ def validate(inst: Instance) -> None:
 
 # ---- JSONL ------------------------------------------------------------------------------------
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file all at once: a temp file in the same folder, then rename over the target."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """`atomic_write_bytes` of UTF-8 text, written as given (no newline translation)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def dumps_jsonl(records: Iterable[dict[str, Any]]) -> str:
     # sort_keys + ensure_ascii=False: stable bytes for the same records, readable non-ASCII poetry.
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
@@ -213,13 +228,29 @@ def _lines_or_die(f, path: Path) -> Iterator[bytes]:
         raise DataError(f"{path}: cannot decompress ({e})") from None
 
 
-def read_jsonl(path: str | os.PathLike) -> list[Instance]:
+def distinct_ids(path: str | os.PathLike, numbered: Iterable[tuple[int, Instance]]) -> list[Instance]:
+    """The instances of (line number, instance) pairs; DataError at the second use of an id (scores,
+    responses and paired tests are keyed by id)."""
     instances = []
-    for lineno, obj in iter_json_records(path):
-        try:
-            instances.append(Instance.from_dict(obj))
-        except DataError as e:
-            raise DataError(f"{path}:{lineno}: {e}") from None
+    first_line_of: dict[str, int] = {}
+    for lineno, instance in numbered:
+        if instance.id in first_line_of:
+            raise DataError(f"{path}:{lineno}: field 'id': {instance.id!r} is already the id of line "
+                            f"{first_line_of[instance.id]}")
+        first_line_of[instance.id] = lineno
+        instances.append(instance)
+    return instances
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Instance]:
+    def numbered() -> Iterator[tuple[int, Instance]]:
+        for lineno, obj in iter_json_records(path):
+            try:
+                yield lineno, Instance.from_dict(obj)
+            except DataError as e:
+                raise DataError(f"{path}:{lineno}: {e}") from None
+
+    instances = distinct_ids(path, numbered())
     if not instances:
         raise DataError(f"{path}: no instances in file")
     return instances

@@ -12,6 +12,10 @@ Matching rule (documented in the README):
   a gold line is a true positive; one that equals another document line is a false positive; one
   that matches nothing in the documents (chatter such as "Here are the missing lines:") is reported
   as `unmatched` and, like upstream, not counted.
+* A gold line whose text also occurs elsewhere in the document (upstream's files have such lines: one
+  copy deleted, one kept) is still a gold line: listing its text is a true positive, and the kept
+  copy's identical text cannot also be a false positive. Upstream's substring rule counts it twice,
+  once as found and once as a present line listed.
 * Instances with nothing to find keep upstream's rule: score = 1 - fp / len(original_lines).
 """
 
@@ -223,11 +227,17 @@ def oracle_answer(instance: Instance) -> str:
         elif instance.variant != "needle" and tag in ("delete", "replace"):
             found.extend(a[i1:i2])
     if instance.domain == "github_prs":
-        # A line that occurs twice in a diff is never an answer (which copy would it be?); upstream's
-        # files drop such lines from the modified diff without asking about them.
-        counts = Counter(normalize_line(x) for x in (b if instance.variant == "needle" else a))
-        found = [x for x in found if _is_changed_diff_line(x) and counts[normalize_line(x)] == 1]
-    return "\n".join(found)
+        found = [x for x in found if _is_changed_diff_line(x)]
+        if instance.variant == "needle":
+            counts = Counter(normalize_line(x) for x in b)
+            found = [x for x in found if counts[normalize_line(x)] == 1]
+        else:
+            # Upstream's PR generator deletes every line whose exact text occurs twice in the diff, all
+            # copies and without asking about them: a gone line that had copies, none left, is no answer.
+            # A gone line with a copy still present was asked about (see `score_lines`: its text answers).
+            in_original, in_modified = Counter(a), Counter(b)
+            found = [x for x in found if in_original[x] == 1 or in_modified[x] > 0]
+    return "\n".join(dict.fromkeys(found))
 
 
 def summarize(scores: Sequence[InstanceScore]) -> dict[str, float]:

@@ -55,13 +55,13 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from absence_tasks.schema import DOMAINS, PLACEHOLDER, VARIANTS, DataError, Instance, atomic_write_text, \
-    iter_json_records
+    distinct_ids, iter_json_records
 from absence_tasks.scoring import normalize_line
 
 HF_DATASET = "harveyfin/AbsenceBench"
@@ -153,17 +153,19 @@ def read_upstream(path: str | os.PathLike, domain: str | None = None, variant: s
             _check_choice(domain, DOMAINS, "domain")
         except DataError as e:
             raise DataError(f"{path}: {e}") from None
-    instances: list[Instance] = []
-    file_domain = domain
-    for lineno, record in iter_json_records(path):
-        try:
-            inst = from_upstream_record(record, file_domain, variant, split=split,
-                                        source_file=Path(path).name, position=lineno)
-        except DataError as e:
-            raise DataError(f"{path}:{lineno}: {e}") from None
-        # The first record fixes the domain of the file; a later record of another domain is an error.
-        file_domain = inst.domain
-        instances.append(inst)
+    def numbered() -> Iterator[tuple[int, Instance]]:
+        file_domain = domain
+        for lineno, record in iter_json_records(path):
+            try:
+                inst = from_upstream_record(record, file_domain, variant, split=split,
+                                            source_file=Path(path).name, position=lineno)
+            except DataError as e:
+                raise DataError(f"{path}:{lineno}: {e}") from None
+            # The first record fixes the domain of the file; a later record of another domain is an error.
+            file_domain = inst.domain
+            yield lineno, inst
+
+    instances = distinct_ids(path, numbered())
     if not instances:
         raise DataError(f"{path}: no records in file")
     return instances

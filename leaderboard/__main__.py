@@ -1,7 +1,8 @@
 """Reverse Needle's leaderboard: lm-eval outputs -> a validated JSON file -> Markdown, an HTML page, a chart.
 
 Every command either succeeds or prints one `leaderboard: error: …` line naming the file and the problem and
-exits 2, leaving the leaderboard file as it was.
+exits 2 (130 for Ctrl-C), leaving the leaderboard file as it was. Writers of one leaderboard file take
+its lock for the read-modify-write, so concurrent publishers keep every row.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from absence_tasks.io import run_command
 from absence_tasks.schema import DataError
 from leaderboard.publish import add_reported, compare, publish
 from leaderboard.render import comparison_label, format_difference, format_estimate, format_p, render
@@ -122,12 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except (LeaderboardError, DataError) as e:
-        print(f"leaderboard: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("leaderboard", lambda: args.run(args), handled=(LeaderboardError, DataError, OSError))
 
 
 if __name__ == "__main__":

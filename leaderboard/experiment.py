@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from absence_tasks.io import check_output_folder, run_command
 from absence_tasks.schema import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +58,11 @@ SHORT_RUN_SECONDS = 600          # below this SFT budget, optimizer steps of 2 i
 # step over two long PR diffs took 136 s (SFT) and 124 s (contrastive) in a 15-minute study, so a short
 # plan keeps that much in reserve for each of the two trainings.
 LAST_STEP_RESERVE_SECONDS = 140
+# The smallest budget that still trains and evaluates each model (fixed costs alone take 4 minutes), and the
+# largest a study on this machine sensibly runs unattended (beyond it the planned test sets exceed what the
+# generators' sources give distinct instances for).
+MIN_BUDGET_SECONDS = 10 * 60
+MAX_BUDGET_SECONDS = 48 * 3600
 
 
 @dataclass
@@ -82,11 +88,20 @@ def parse_duration(text: str) -> float:
     return hours * 3600 + minutes * 60 + seconds
 
 
+def format_duration(seconds: float) -> str:
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return "".join(f"{value}{unit}" for value, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if value) or "0s"
+
+
 def make_plan(budget_seconds: float, backend: str, seed: int, n_eval: int | None = None,
               sft_seconds: float | None = None, train_domains: tuple[str, ...] = DOMAINS) -> Plan:
     """Split the budget: about 40% of it evaluates the three models, the rest trains SFT and then
     contrastive for about the same time each (equal FLOPs; contrastive does more per second, so it
     needs no more time than SFT)."""
+    if not MIN_BUDGET_SECONDS <= budget_seconds <= MAX_BUDGET_SECONDS:
+        raise StudyError(f"--budget {format_duration(budget_seconds)} is outside "
+                         f"{format_duration(MIN_BUDGET_SECONDS)}..{format_duration(MAX_BUDGET_SECONDS)}")
     rate = VLLM_INSTANCES_PER_SECOND if backend == "vllm" else HF_INSTANCES_PER_SECOND
     start = VLLM_START_SECONDS if backend == "vllm" else 20  # HF: loading the model
     usable = max(budget_seconds - FIXED_SECONDS, 60)
@@ -270,7 +285,8 @@ def training_record(model_dir: Path) -> dict[str, Any]:
 
 def load_or_make_plan(out: Path, args: argparse.Namespace) -> Plan:
     path = out / "plan.json"
-    if path.is_file():
+    # A plan whose study never finished a stage binds nothing yet: a corrected command replaces it.
+    if path.is_file() and any((out / "stages").glob("*.json")):
         stored = json.loads(path.read_text())
         plan = Plan(**{**stored, "train_domains": tuple(stored["train_domains"])})
         if args.budget is not None and args.budget != plan.budget_seconds:
@@ -308,20 +324,20 @@ def launch(args: argparse.Namespace, plan_loader, study_class: type[Study]) -> i
     """Check the base model, plan (or take the stored plan) and run the stages; errors are one line, exit 2.
     Shared by the study and the data-efficiency curve (`leaderboard.curve`)."""
     extra = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-    try:
+
+    def run() -> None:
         if args.model is not None:  # before anything is written
             from absence_tasks.models import load_checkpoint_or_die
 
             load_checkpoint_or_die(args.model)
+        check_output_folder(args.out)
         args.out.mkdir(parents=True, exist_ok=True)
         plan = plan_loader(args.out, args)
         study = study_class(args.out.resolve(), plan, args.model.resolve() if args.model else None, extra)
         study.log(f"plan: {json.dumps(asdict(plan))}")
         study.run()
-    except (StudyError, ValueError) as error:
-        print(f"{study_class.program}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(study_class.program, run, handled=(StudyError, ValueError, OSError))
 
 if __name__ == "__main__":  # vLLM and the trainers run in child processes
     sys.exit(main())

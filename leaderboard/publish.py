@@ -31,6 +31,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from absence_tasks.io import check_output, locked
 from absence_tasks.schema import DataError, iter_json_records
 from leaderboard.reported import reported_rows
 from leaderboard.schema import (OMISSION_TASKS, LeaderboardError, format_key, key_dict, load, now_timestamp,
@@ -306,6 +307,20 @@ def _row_from_results_only(results_path: Path, results: dict[str, Any], tasks: l
     }
 
 
+def context_notes(results: dict[str, Any], tasks: list[str]) -> list[str]:
+    """What the tasks recorded about prompts too long for the model's context (absence_tasks.lm_eval_tasks)."""
+    notes = []
+    for task in tasks:
+        metadata = results["configs"].get(task, {}).get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else {}
+        if over := metadata.get("prompts_over_context"):
+            notes.append(f"{task}: {over} prompts with their answer budget exceeded the model's context "
+                         f"(lm-eval cut them on the left)")
+        if skipped := metadata.get("skipped_over_context"):
+            notes.append(f"{task}: {skipped} instances skipped, their prompt and answer budget exceeding max_length")
+    return notes
+
+
 def checkpoint_folder(checkpoint: str | os.PathLike | None, pretrained: str | None) -> Path | None:
     """The scored checkpoint's folder: the one named explicitly (which must exist), else lm-eval's
     `pretrained=` when it is a folder from here (a hub id or a path relative to elsewhere is not)."""
@@ -342,7 +357,7 @@ def build_row(results_path: Path, *, method: str | None = None, model_name: str 
     backend = results["config"]["model"]
     pretrained = model_args(results).get("pretrained")
     folder = checkpoint_folder(checkpoint, pretrained)
-    notes = scored.pop("notes")
+    notes = scored.pop("notes") + context_notes(results, tasks)
     weights_sha, training, card_method = None, None, None
     if folder is not None:
         weights_sha = checkpoint_sha256(folder)
@@ -408,21 +423,26 @@ def _newest_per_key(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def publish(results_paths: Iterable[str | os.PathLike], leaderboard_path: str | os.PathLike, *,
             method: str | None = None, model_name: str | None = None, checkpoint: str | os.PathLike | None = None,
             allow_missing_samples: bool = False, seed: int = 0) -> list[dict[str, Any]]:
-    """Add (or replace) one row per lm-eval run found in `results_paths`; returns the rows written."""
-    doc = load(leaderboard_path, missing_ok=True)
+    """Add (or replace) one row per lm-eval run found in `results_paths`; returns the rows written.
+    The rows are built first; the leaderboard is then read, merged and written under its lock, so
+    concurrent publishers to one file all keep their rows."""
     files = find_results_files(results_paths)
+    check_output(leaderboard_path, files)
+    load(leaderboard_path, missing_ok=True)  # a broken leaderboard fails before the slow part
     rows = [build_row(path, method=method, model_name=model_name, checkpoint=checkpoint,
                       allow_missing_samples=allow_missing_samples, seed=seed) for path in files]
     rows = _newest_per_key(rows)
-    save(leaderboard_path, merge_rows(doc, rows))
+    with locked(leaderboard_path):
+        save(leaderboard_path, merge_rows(load(leaderboard_path, missing_ok=True), rows))
     return rows
 
 
 def add_reported(leaderboard_path: str | os.PathLike) -> list[dict[str, Any]]:
     """Add (or refresh) the AbsenceBench paper's reported rows."""
-    doc = load(leaderboard_path, missing_ok=True)
+    check_output(leaderboard_path)
     rows = reported_rows()
-    save(leaderboard_path, merge_rows(doc, rows))
+    with locked(leaderboard_path):
+        save(leaderboard_path, merge_rows(load(leaderboard_path, missing_ok=True), rows))
     return rows
 
 
@@ -451,6 +471,14 @@ def compare(leaderboard_path: str | os.PathLike, selector_a: str, selector_b: st
             n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
     """Paired bootstrap of row A minus row B (one task, or the average over the omission tasks both have);
     the result is stored in the leaderboard's `comparisons` (replacing an earlier one of the same pair)."""
+    check_output(leaderboard_path)
+    with locked(leaderboard_path):
+        return _compare_locked(leaderboard_path, selector_a, selector_b, task=task, n_resamples=n_resamples,
+                               confidence=confidence, seed=seed)
+
+
+def _compare_locked(leaderboard_path: str | os.PathLike, selector_a: str, selector_b: str, *, task: str | None,
+                    n_resamples: int, confidence: float, seed: int) -> dict[str, Any]:
     where = str(leaderboard_path)
     doc = load(leaderboard_path)
     a, b = select_row(doc, selector_a, where), select_row(doc, selector_b, where)

@@ -13,13 +13,12 @@ from __future__ import annotations
 import html
 import io
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from absence_tasks.schema import atomic_write_text
+from absence_tasks.io import atomic_write_bytes, atomic_write_text, check_output_folder
 from leaderboard.reported import PAPER_COLUMNS, PAPER_SUITE
 from leaderboard.schema import OMISSION_TASKS, LeaderboardError, format_key, load, row_key
 
@@ -444,17 +443,6 @@ def curve_png(doc: dict[str, Any]) -> bytes | None:
 
 # ---- writing -----------------------------------------------------------------------------------
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def check_chromium() -> None:
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
         raise LeaderboardError(f"{CHROMIUM} / {CHROMEDRIVER} not found: a screenshot needs Debian's chromium "
@@ -504,8 +492,7 @@ def render(leaderboard_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     if screenshot:
         check_chromium()
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise LeaderboardError(f"{out}: not a folder")
+    check_output_folder(out, [leaderboard_path], [MARKDOWN_NAME, HTML_NAME, CHART_NAME, CURVE_NAME, SCREENSHOT_NAME])
     text, page, chart, curve = markdown(doc), html_page(doc), chart_png(doc), curve_png(doc)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / MARKDOWN_NAME, out / HTML_NAME, out / CHART_NAME]

@@ -30,10 +30,11 @@ def lm_eval_env(tmp_path: Path) -> dict:
             "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def chat_api_args(port: int, model: str = "smollm2") -> list[str]:
+def chat_api_args(port: int, model: str = "smollm2", tokenizer: Path | None = None) -> list[str]:
+    # tokenizer=: the tasks size each instance's generation budget in the served model's tokens.
     return ["--model", "local-chat-completions", "--apply_chat_template", "--model_args",
             f"model={model},base_url=http://127.0.0.1:{port}/v1/chat/completions,num_concurrent=1,"
-            "max_retries=1,tokenized_requests=False"]
+            f"max_retries=1,tokenized_requests=False{f',tokenizer={tokenizer}' if tokenizer else ''}"]
 
 
 def run_task(tmp_path: Path, out: Path, model_args: list[str]) -> subprocess.CompletedProcess:
@@ -68,7 +69,7 @@ def test_a_local_openai_compatible_server_scores_like_the_direct_vllm_backend(tm
             except OSError:
                 assert time.monotonic() < deadline, "vllm serve did not come up in 10 minutes"
                 time.sleep(2)
-        api = run_task(tmp_path, tmp_path / "api", chat_api_args(port))
+        api = run_task(tmp_path, tmp_path / "api", chat_api_args(port, tokenizer=smollm2_dir))
         assert api.returncode == 0, api.stderr[-3000:]
     finally:
         server.terminate()

@@ -132,3 +132,17 @@ def test_score_rejects_responses_for_unknown_ids(tmp_path):
     responses.write_text('{"id": "nope", "response": "1"}\n')
     assert_one_line_error(cli("score", "--data", str(data), "--responses", str(responses), cwd=tmp_path, check=False),
                           "not in")
+
+
+def test_missing_responses_are_scored_empty_only_when_asked_and_counted(tmp_path):
+    data = tmp_path / "numbers.jsonl"
+    cli("generate", "--domain", "numerical", "--n", "4", "--out", str(data), cwd=tmp_path)
+    responses = tmp_path / "oracle.jsonl"
+    cli("oracle", "--data", str(data), "--responses-out", str(responses), cwd=tmp_path)
+    half = tmp_path / "half.jsonl"
+    half.write_text("".join(responses.read_text().splitlines(keepends=True)[:2]))
+    assert_one_line_error(cli("score", "--data", str(data), "--responses", str(half), cwd=tmp_path, check=False),
+                          "no response for 2 of the 4 instances", "--missing-as-empty")
+    proc = cli("score", "--data", str(data), "--responses", str(half), "--missing-as-empty", cwd=tmp_path)
+    assert "2 of 4 instances have no response; scored as empty" in proc.stderr
+    assert json.loads(proc.stdout)["numerical/omission"]["f1"] == 0.5

@@ -104,3 +104,24 @@ def test_bad_model_path_is_one_line_and_writes_nothing(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "config.json" in result.stderr
     assert not out.exists()
+
+
+def test_a_plan_binds_only_once_its_study_has_finished_a_stage(tmp_path):
+    import argparse
+
+    from leaderboard.experiment import StudyError, load_or_make_plan
+
+    def args(minutes: int) -> argparse.Namespace:
+        return argparse.Namespace(budget=minutes * 60, backend="hf", seed=0, n_eval=None, sft_seconds=None,
+                                  train_domains=["numerical"])
+
+    assert load_or_make_plan(tmp_path, args(15)).budget_seconds == 900
+    # Nothing ran yet: a corrected command replaces the plan.
+    assert load_or_make_plan(tmp_path, args(20)).budget_seconds == 1200
+    assert json.loads((tmp_path / "plan.json").read_text())["budget_seconds"] == 1200
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "model.json").write_text("{}")
+    with pytest.raises(StudyError, match="planned for a 20 min budget"):
+        load_or_make_plan(tmp_path, args(30))
+    with pytest.raises(StudyError, match="outside 10m..48h"):
+        make_plan(99999 * 3600, "hf", seed=0)

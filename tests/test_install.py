@@ -4,6 +4,7 @@ the installed commands work from a directory that is not the checkout."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -17,9 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # Built from a copy: setuptools writes build/ and *.egg-info into the tree it builds.
+    source = tmp_path_factory.mktemp("source") / "reverse-needle"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "runs",
+                                                                "checkpoints", "data", "results", "outputs"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True, timeout=600)
+                    str(source)], check=True, capture_output=True, timeout=600)
     (path,) = out.glob("reverse_needle-*.whl")
     return path
 

@@ -1,5 +1,7 @@
 """The AbsenceBench tasks inside the real lm-eval: CLI runs, data switches, budgets, log samples."""
 
+import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -9,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from absence_tasks.generate import generate_instances
-from absence_tasks.lm_eval_tasks import generation_budget, load_instances_for_task, micro_f1_aggregation
-from absence_tasks.schema import DataError, write_jsonl
+from absence_tasks.lm_eval_tasks import (BYTES, generation_budget, load_instances_for_task, micro_f1_aggregation,
+                                         token_counter)
+from absence_tasks.schema import DataError, Instance, write_jsonl
+from absence_tasks.scoring import oracle_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = str(ROOT / "task_configs")
@@ -185,3 +189,68 @@ def test_absence_lm_eval_indexes_the_plugin_task_folder_beside_a_users_include_p
     # Plain lm_eval reads no task entry points: without --include_path it knows neither.
     plain = run(["lm_eval", "ls", "tasks"], env, tmp_path).stdout
     assert "absence_poetry" not in plain
+
+
+def lock_file_diff(k: int, n_lines: int) -> Instance:
+    """A lock-file diff: base64 hashes run near one token per character (a third of it was the old
+    estimate), every third changed line omitted."""
+    hashes = [base64.b64encode(hashlib.sha512(f"{k}-{i}".encode()).digest()).decode() for i in range(n_lines)]
+    lines = ["diff --git a/package-lock.json b/package-lock.json", "--- a/package-lock.json",
+             "+++ b/package-lock.json", f"@@ -1,1 +1,{n_lines + 1} @@", ' {',
+             *[f'+      "integrity": "sha512-{h}",' for h in hashes]]
+    omitted = list(range(5, len(lines), 3))
+    return Instance(f"lock-{k}", "github_prs", "omission", "test", lines,
+                    [x for i, x in enumerate(lines) if i not in omitted], omitted)
+
+
+def test_generation_budget_is_counted_in_the_models_tokens(tiny_llama_dir):
+    counter = token_counter({"pretrained": str(tiny_llama_dir)})
+    for inst in (lock_file_diff(0, 6), lock_file_diff(1, 30)):
+        (answer_tokens,) = counter.counts([oracle_answer(inst)])
+        assert answer_tokens <= generation_budget(inst, counter)
+        # Without a tokenizer a byte counts as a token: never fewer than the model's tokens.
+        assert answer_tokens <= generation_budget(inst, BYTES)
+        chars = sum(len(x) for x in inst.answer_lines)
+        assert answer_tokens > chars / 3 + 8 * len(inst.answer_lines)  # what the old estimate allowed
+
+
+def test_the_oracle_model_answers_within_the_budget(tiny_llama_dir):
+    from lm_eval.api.instance import Instance as Request
+
+    from absence_tasks.lm_eval_models import OracleLM
+    from absence_tasks.lm_eval_tasks import to_hf_dataset
+
+    doc = dict(to_hf_dataset([lock_file_diff(2, 9)])[0])
+    full = oracle_answer(lock_file_diff(2, 9))
+    for model_args, counter in (({"tokenizer": str(tiny_llama_dir)}, token_counter({"tokenizer": str(tiny_llama_dir)})),
+                                ({}, BYTES)):
+        request = Request("generate_until", doc, ("prompt", {"max_gen_toks": 20, "until": []}), 0)
+        (answer,) = OracleLM(**model_args).generate_until([request])
+        assert full.startswith(answer) and 0 < counter.counts([answer])[0] <= 20 < counter.counts([full])[0]
+
+
+def test_prompts_longer_than_the_context_are_counted_recorded_and_skippable(tmp_path, env, tiny_llama_dir):
+    data = tmp_path / "lock_files.jsonl"
+    write_jsonl(data, [lock_file_diff(k, n) for k, n in enumerate((4, 5, 6, 40, 60))])
+    base = ["absence-lm-eval", "--include_path", TASKS, "--tasks", "absence_github_prs", "--model", "absence-oracle",
+            "--log_samples"]
+    # vLLM's name for the context: the two long diffs do not fit 1,500 tokens.
+    warned = run(base + ["--model_args", f"tokenizer={tiny_llama_dir},max_model_len=1500",
+                         "--metadata", json.dumps({"data_file": str(data)}), "--output_path", str(tmp_path / "w")],
+                 env, tmp_path)
+    warnings = [x for x in warned.stderr.splitlines() if "1500-token context" in x]
+    assert len(warnings) == 1 and "2 of 5 prompts" in warnings[0]
+    assert results_of(tmp_path / "w", "configs")["absence_github_prs"]["metadata"]["prompts_over_context"] == 2
+    assert results_of(tmp_path / "w")["absence_github_prs"]["f1,none"] == 1.0  # the oracle, cut to its budgets
+    board = tmp_path / "leaderboard.json"
+    published = subprocess.run([sys.executable, "-m", "leaderboard", "publish", str(tmp_path / "w"), "--out",
+                                str(board)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert published.returncode == 0, published.stderr
+    (row,) = json.loads(board.read_text())["rows"]
+    assert any("2 prompts with their answer budget exceeded the model's context" in n for n in row["notes"])
+    # max_length: the same two are skipped (and counted) instead.
+    run(base + ["--model_args", f"tokenizer={tiny_llama_dir}",
+                "--metadata", json.dumps({"data_file": str(data), "max_length": 1500}),
+                "--output_path", str(tmp_path / "s")], env, tmp_path)
+    assert results_of(tmp_path / "s", "configs")["absence_github_prs"]["metadata"]["skipped_over_context"] == 2
+    assert results_of(tmp_path / "s", "n-samples")["absence_github_prs"]["effective"] == 3

@@ -29,6 +29,18 @@ CODE = diff([
     " y = 2",
 ], [6])
 SEQ = Instance("n", "numerical", "omission", "test", ["1", "2", "12", "21"], ["1", "2", "21"], [2])
+# A gold line whose text occurs twice in the diff: one copy deleted (line 5, the question), one kept (line 8).
+TWICE = diff([
+    "diff --git a/m.py b/m.py",
+    "--- a/m.py",
+    "+++ b/m.py",
+    "@@ -1,6 +1,6 @@",
+    " def f():",
+    "+    pass",
+    " def g():",
+    "-    return 1",
+    "+    pass",
+], [5])
 
 
 def test_normalize_line_folds_whitespace_keeps_case():
@@ -115,6 +127,9 @@ DISAGREEMENTS = [
      "the listed line is not the document's line; under the substring rule any text containing it scores"),
     ("re-cased code line", CODE, "+MAX_X = 10", 0.0, 2 / 3,
      "in a diff case is code: MAX_X is another name than max_x (and ' x = 1' still leaks a false positive)"),
+    ("a gold line with a kept copy", TWICE, "+    pass", 1.0, 2 / 3,
+     "the text the model was asked for is the text it listed; the kept copy is the same text, not a second "
+     "(false) answer, which the substring rule makes it"),
     ("the whole recitation pasted in one line", NIGHT,
      "The night is long Long and the night is long and cold the stars are out", 0.0, 0.4,
      "pasting everything on one line lists nothing; upstream credits the gold line and every other line"),
@@ -145,3 +160,14 @@ def test_oracle_reports_only_changed_lines_of_a_diff():
                     metadata={"dropped_context_indices": [4]})
     assert oracle_answer(inst) == "+max_x = 10"
     assert score_response(inst, oracle_answer(inst)).f1 == 1.0
+
+
+def test_oracle_answers_a_gold_line_that_has_a_kept_copy():
+    # Under the old oracle (lines occurring twice are never answers) this instance scored 0.
+    assert oracle_answer(TWICE) == "+    pass"
+    assert score_response(TWICE, oracle_answer(TWICE)).f1 == 1.0
+    # Upstream's generator deletes every copy of a repeated line unasked: no copy left, no answer.
+    both_gone = Instance("b", "github_prs", "omission", "test", TWICE.original_lines,
+                         [x for i, x in enumerate(TWICE.original_lines) if i not in (5, 7, 8)], [7],
+                         metadata={"dropped_context_indices": [5, 8]})
+    assert oracle_answer(both_gone) == "-    return 1"

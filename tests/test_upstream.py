@@ -3,6 +3,7 @@ generators write them (with their quirks), the hub conversion, and records that 
 
 import json
 import re
+import subprocess
 
 import dataclasses
 
@@ -97,8 +98,9 @@ def generic_row(inst: Instance, row_id) -> dict:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_hand_built_instances_survive_write_and_read(tmp_path, domain, variant):
     inst = hand_built(domain, variant)
+    twin = dataclasses.replace(inst, id=f"{inst.id}-twin")  # ids are unique within a file
     path = tmp_path / f"{domain}_{variant}.jsonl"
-    write_upstream(path, [inst, inst])
+    write_upstream(path, [inst, twin])
     written = path.read_bytes()
     back = read_upstream(path)  # domain and variant come from the records
     assert len(back) == 2 and all(same_task(inst, b) for b in back)
@@ -107,7 +109,7 @@ def test_hand_built_instances_survive_write_and_read(tmp_path, domain, variant):
     assert back[0].metadata["note"] == "hand-built"
     assert_oracle_solves(back)
     # Same instances, same bytes; and what was read writes back to the very same file.
-    write_upstream(tmp_path / "again.jsonl", [inst, inst])
+    write_upstream(tmp_path / "again.jsonl", [inst, twin])
     assert (tmp_path / "again.jsonl").read_bytes() == written
     write_upstream(path, back)
     assert path.read_bytes() == written
@@ -282,7 +284,7 @@ def test_omitted_lines_disagreeing_with_indices_name_file_and_line(tmp_path):
 def test_malformed_line_names_its_number(tmp_path):
     good = to_upstream_record(hand_built("poetry", "omission"))
     path = tmp_path / "poems.jsonl"
-    path.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n" + '{"id": 3, "original_poem": \n')
+    path.write_text(json.dumps(good) + "\n" + json.dumps(dict(good, id=2)) + "\n" + '{"id": 3, "original_poem": \n')
     with pytest.raises(DataError, match=r"poems\.jsonl:3: malformed JSON"):
         read_upstream(path)
     path.write_text("")
@@ -363,3 +365,28 @@ def test_writing_refuses_mixed_domains_and_nothing(tmp_path):
     with pytest.raises(DataError, match="no instances to write"):
         write_upstream(path, [])
     assert not path.exists()
+
+
+@pytest.mark.parametrize("kept_copy", ["+        self._hits = 0", "+        self._hits = 0   "],
+                         ids=["same text", "same text after normalisation"])
+def test_a_gold_line_with_a_kept_copy_round_trips_and_the_oracle_scores_one(tmp_path, kept_copy):
+    """Upstream files ask about changed lines whose text occurs again in the diff (one copy deleted and
+    listed, the other kept); the oracle used to skip them (0.988 on such a file, exit 2)."""
+    diff = [*DIFF, "@@ -30,2 +33,3 @@ class Cache:", "     def reset(self):", kept_copy]
+    record = {"issue_id": 9, "original_diff": "\n".join(diff),
+              "modified_diff": "\n".join(x for i, x in enumerate(diff) if i != 13),
+              "omitted_lines": [diff[13]], "omitted_index": [13], "repo": "octo/cache"}
+    path = write_records(tmp_path / "github_prs_upstream.jsonl", [record])
+    (inst,) = read_upstream(path)
+    assert inst.answer_lines == ["+        self._hits = 0"] and "dropped_context_indices" not in inst.metadata
+    assert_oracle_solves([inst])
+    again = tmp_path / "written.jsonl"
+    write_upstream(again, [inst])
+    (back,) = read_upstream(again)
+    assert same_task(inst, back)
+    write_upstream(tmp_path / "written_again.jsonl", [back])
+    assert (tmp_path / "written_again.jsonl").read_bytes() == again.read_bytes()
+    proc = subprocess.run(["absence-bench", "oracle", "--data", str(again)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["github_prs/omission"]["f1"] == 1.0

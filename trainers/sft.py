@@ -31,6 +31,7 @@ from transformers.trainer_callback import ExportableState
 from trl import SFTTrainer, TrlParser
 
 from absence_tasks.models import END_OF_TURN, load_checkpoint_or_die
+from absence_tasks.io import default_file_mode
 from absence_tasks.schema import DataError, Instance, atomic_write_text, write_jsonl
 from trainers.config import AbsenceSFTConfig, ScriptArguments
 from trainers.data import data_sha256, drop_overlong, load_training_instances, sft_dataset
@@ -337,8 +338,8 @@ def write_final_model(trainer, output_dir: str, card: str, instances: Sequence[I
         trainer.state.save_to_json(str(staging / "trainer_state.json"))
         atomic_write_text(staging / CARD_NAME, card)
         names = sorted(p.name for p in staging.iterdir())
-        for name in names:  # some writers create owner-only files; a model is ordinary shared data
-            os.chmod(staging / name, 0o644)
+        for name in names:  # safetensors creates owner-only files; a model is ordinary data
+            os.chmod(staging / name, default_file_mode())
         for name in [n for n in names if n not in FINAL_FILES_LAST] + list(FINAL_FILES_LAST):
             os.replace(staging / name, out / name)
     finally:

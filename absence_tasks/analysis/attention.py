@@ -46,7 +46,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import warnings
 import zlib
 from collections import Counter
@@ -58,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from absence_tasks.prompts import render_documents, render_prompt
+from absence_tasks.io import atomic_write
 from absence_tasks.schema import DOMAINS, DataError, Instance, atomic_write_text, iter_json_records
 
 MEASURES = ("flank", "omitted")
@@ -498,14 +498,7 @@ def json_ready(value: Any) -> Any:
 # ---- figures -------------------------------------------------------------------------------------------
 
 def save_figure(figure: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=110))
 
 
 def heatmap_grid(cells: Sequence[Sequence[tuple[str, Any]]], title: str) -> Any:

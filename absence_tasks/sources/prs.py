@@ -28,7 +28,8 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from absence_tasks.schema import DataError, atomic_write_bytes, iter_json_records
+from absence_tasks.io import atomic_write_bytes
+from absence_tasks.schema import DataError, iter_json_records
 from absence_tasks.sources import Document
 
 PR_FIELDS = ("repo", "pr_number", "title", "sha", "merged_at", "additions", "deletions", "diff")
