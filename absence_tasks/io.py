@@ -200,16 +200,18 @@ def error_line(error: BaseException) -> str:
     return " ".join(text.split())
 
 
-def run_command(program: str, command: Callable[[], object],
+def run_command(program: str | None, command: Callable[[], object],
                 handled: tuple[type[BaseException], ...] = (ValueError, OSError)) -> int:
-    """Run `command`; an error of the `handled` kinds is one `PROGRAM: error: ...` line on stderr and
-    exit code 2, Ctrl-C one line and 130. Anything else is a bug and keeps its traceback."""
+    """Run `command`; an error of the `handled` kinds is one `PROGRAM: error: ...` line on stderr (just
+    `error: ...` without a program name) and exit code 2, Ctrl-C one line and 130. Anything else is a
+    bug and keeps its traceback."""
+    prefix = f"{program}: error: " if program else "error: "
     try:
         command()
     except KeyboardInterrupt:
-        print(f"{program}: error: interrupted", file=sys.stderr)
+        print(f"{prefix}interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except handled as e:
-        print(f"{program}: error: {error_line(e)}", file=sys.stderr)
+        print(f"{prefix}{error_line(e)}", file=sys.stderr)
         return EXIT_ERROR
     return 0

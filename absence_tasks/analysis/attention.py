@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from absence_tasks.prompts import render_documents, render_prompt
-from absence_tasks.io import atomic_write
+from absence_tasks.io import atomic_write, run_command
 from absence_tasks.schema import DOMAINS, DataError, Instance, atomic_write_text, iter_json_records
 
 MEASURES = ("flank", "omitted")
@@ -640,13 +640,6 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def error_exit(error: Exception, program: str | None = None) -> int:
-    """Print `error` as one line on stderr ("PROGRAM: error: ..." or "error: ...") and return exit code 2."""
-    prefix = f"{program}: error: " if program else "error: "
-    print(prefix + " ".join(str(error).split()), file=sys.stderr)
-    return 2
-
-
 def check_output_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a directory")
@@ -862,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--compare takes earlier output directories; do not combine it with --model/--data")
     if not args.compare and not (args.model and args.data):
         parser.error("--model and --data are required (or --compare DIR ...)")
-    try:
+    def run() -> None:
         if args.compare:
             run_compare(args.compare, args.out)
             print(f"{Path(args.out) / 'comparison.png'}: {len(args.compare)} runs compared")
@@ -872,9 +865,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{Path(args.out) / SUMMARY_NAME}: {summary['n_instances']} instances; mean gap-attention ratio "
                   f"flank {overall['flank']['mean_over_heads']['ratio']:.3f}, "
                   f"omitted {overall['omitted']['mean_over_heads']['ratio']:.3f}")
-    except (DataError, ValueError, OSError) as e:
-        return error_exit(e)
-    return 0
+
+    return run_command(None, run)
 
 
 if __name__ == "__main__":

@@ -70,9 +70,10 @@ from typing import Any
 import numpy as np
 
 from absence_tasks.analysis.attention import (
-    TokenizedPrompt, check_output_dir, error_exit, find_gaps, gap_line_sources, json_ready, load_model, save_figure,
+    TokenizedPrompt, check_output_dir, find_gaps, gap_line_sources, json_ready, load_model, save_figure,
     select_instances, tokenize_prompt,
 )
+from absence_tasks.io import run_command
 from absence_tasks.schema import DOMAINS, DataError, Instance, atomic_write_text
 
 PROGRAM = "probe"
@@ -680,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    try:
+    def run() -> None:
         started = time.perf_counter()
         summary = run_probe(args, argv)
         for label, result in summary["results"].items():
@@ -688,9 +689,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{Path(args.out) / SUMMARY_NAME}: {label}: {summary['n_instances']} instances, "
                   f"{summary['n_rows']} lines, base rate {summary['base_rate']:.3f}; attention probe AUROC "
                   f"{overall['auroc']}, AP {overall['average_precision']} ({time.perf_counter() - started:.0f} s)")
-    except (DataError, ValueError, OSError) as e:
-        return error_exit(e, PROGRAM)
-    return 0
+
+    return run_command(PROGRAM, run)
 
 
 if __name__ == "__main__":
