@@ -70,7 +70,12 @@ def sweep_stale_temp_files(path: str | os.PathLike) -> list[Path]:
 
 
 def _umask() -> int:
-    # os.umask can only be read by setting it; set it straight back.
+    # Linux reports it; elsewhere os.umask can only be read by setting it (and straight back), which
+    # another thread creating a file in that instant would notice.
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
