@@ -31,6 +31,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from absence_tasks import task_config_dir
+from absence_tasks.io import run_command
 from absence_tasks.lm_eval_tasks import instance_from_doc, token_counter
 from absence_tasks.schema import DataError
 from absence_tasks.scoring import oracle_answer
@@ -153,18 +154,18 @@ def main() -> None:
     # Every lm-eval subcommand (run, ls, validate) looks the class up here when it builds its index.
     lm_eval.tasks.TaskManager = PluginTaskManager
     model_args = _model_args(sys.argv[1:])
-    try:
+
+    def run() -> None:
         if (path := _local_pretrained_path(model_args)) is not None:
             load_checkpoint_or_die(path)
         if "base_url" in model_args:
             check_api_server(model_args["base_url"], model_args.get("model", ""), model_args.get("auth_token"))
-        cli_evaluate()
-    except (DataError, ValueError) as e:
-        print(f"absence-lm-eval: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except requests.RequestException as e:  # the server went away during the run
-        print(f"absence-lm-eval: error: the API server stopped answering: {type(e).__name__}", file=sys.stderr)
-        sys.exit(2)
+        try:
+            cli_evaluate()
+        except requests.RequestException as e:  # the server went away during the run
+            raise DataError(f"the API server stopped answering ({type(e).__name__})") from None
+
+    sys.exit(run_command("absence-lm-eval", run))
 
 
 if __name__ == "__main__":
