@@ -214,7 +214,8 @@ def run_command(program: str | None, command: Callable[[], object],
     try:
         command()
     except KeyboardInterrupt:
-        print(f"{prefix}interrupted", file=sys.stderr)
+        # A progress bar may have been cut mid-line: the message starts on a line of its own.
+        print(f"\n{prefix}interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except handled as e:
         print(f"{prefix}{error_line(e)}", file=sys.stderr)
