@@ -303,9 +303,12 @@ def test_bad_input_is_one_line_and_loses_nothing(name, tmp_path, env, tally):
 
 def test_ctrl_c_during_generate_suite_exits_130_with_one_line_and_no_temp_files(tmp_path, env, tally):
     out = tmp_path / "suite"
+    # SIGINT back to its default in the child: a job started in the background (`cmd &`) inherits it ignored,
+    # and Python then never turns it into KeyboardInterrupt.
     proc = subprocess.Popen(BENCH + ["generate-suite", "--out-dir", str(out), "--domains", "numerical",
                                      "--n", "200000"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Interrupt once generation is under way (its progress bar has started).
     seen = ""
     while "numerical/omission/test" not in seen:

@@ -20,8 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def wheel(tmp_path_factory) -> Path:
     # Built from a copy: setuptools writes build/ and *.egg-info into the tree it builds.
     source = tmp_path_factory.mktemp("source") / "reverse-needle"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "runs",
-                                                                "checkpoints", "data", "results", "outputs"))
+    top_level_only = {".git", "build", "runs", "checkpoints", "data", "results", "outputs"}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = {n for n in names if n.endswith(".egg-info") or n == "__pycache__"}
+        return skipped | (top_level_only & set(names) if Path(folder) == ROOT else set())
+
+    shutil.copytree(ROOT, source, ignore=ignore)
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
                     str(source)], check=True, capture_output=True, timeout=600)
