@@ -1,31 +1,57 @@
-"""Training speed of the SFT and contrastive trainers on the real SmolLM2-135M (`python benchmarks/train_speed.py`).
+"""Training speed of the trainers against a bare PyTorch loop, on the real SmolLM2-135M
+(`python benchmarks/train_speed.py`; about 15 minutes on 2 cores; not run by the tests).
 
-In one process: the machine's matmul peak (torch.mm of large square matrices, float32 and bfloat16), then for
-each precision and method a short run of the real trainer (same data, same batches) timing every optimizer
-step after a warm-up. Reported per run: trained tokens/s, counted FLOP/s (6·N per trained token, 2·N per
-forward-only token — the numbers the trainers log) and MFU = counted FLOP/s ÷ the matmul peak of that
-precision; and the contrastive/SFT step-time ratio. Prints a Markdown table. Not run by the tests.
+In one process: the machine's matmul peak (torch.mm of large square matrices, float32 and bfloat16, best of
+several before and after), then for each precision (fp32; bf16 autocast) and each document-length bucket
+(`short`: the curriculum's first stage; `full`: the test suite's lengths) the same instances, one per
+micro-batch and two per optimizer step (the recipe's defaults), trained by
+
+* `bare`: a plain loop — forward with logits only at the answer positions, cross entropy, backward, AdamW
+  every two micro-batches — the reference nothing framework-shaped can beat by much;
+* `sft`: `python -m trainers.sft`'s Trainer;
+* `contrastive (terms off)`: the contrastive trainer with lambda_seq = lambda_gap = 0 (the cost of its
+  machinery alone);
+* `contrastive`: as configured by default (both terms, hard negatives; its forward-only passes are counted).
+
+Every timed optimizer step after a warm-up counts: trained tokens/s, counted FLOP/s (6·N per trained
+token, 2·N per forward-only token — the trainers' own accounting) and MFU = counted FLOP/s ÷ that
+precision's matmul peak. Writes benchmarks/results/train_speed.json (with `sft_over_bare` and
+`contrastive_off_over_sft` per precision and bucket, and which precision is faster here) and prints a
+Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
+import platform
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from transformers import TrainerCallback
 
+from absence_tasks.generate import default_config
+from absence_tasks.io import atomic_write_text
 from absence_tasks.models import DEFAULT_CHECKPOINT
+from trainers.accounting import ComputeAccountant, matmul_parameter_count
 from trainers.config import AbsenceSFTConfig, ContrastiveConfig, ScriptArguments
 from trainers.contrastive import build_contrastive_trainer
-from trainers.data import drop_overlong, load_training_instances
-from trainers.sft import ComputeAccountant, build_sft_trainer, load_model, load_tokenizer, matmul_parameter_count
+from trainers.data import curriculum_instances, drop_overlong, encode, load_training_instances
+from trainers.losses import next_token_targets, step_flops, token_cross_entropy
+from trainers.recipe import curriculum_stages
+from trainers.run import load_model, load_tokenizer
+from trainers.sft import build_sft_trainer
+
+RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
+DOMAINS = ("numerical", "poetry", "github_prs")
+ACCUMULATION = 2  # micro-batches of one instance per optimizer step, as the recipe's defaults
 
 
 def matmul_peak(dtype: torch.dtype, size: int, reps: int) -> float:
@@ -42,103 +68,159 @@ def matmul_peak(dtype: torch.dtype, size: int, reps: int) -> float:
     return 2 * size**3 / best
 
 
+def bucket_instances(bucket: str, per_domain: int):
+    """The instances of a length bucket: `short`, the curriculum's first stage; `full`, the preset's lengths."""
+    if bucket == "full":
+        return load_training_instances(DOMAINS, ["omission"], per_domain, 0)
+    out = []
+    for domain in DOMAINS:
+        config = default_config(domain)
+        stages = curriculum_stages(4, config.min_lines, config.max_lines, 4)
+        out += curriculum_instances(domain, "omission", per_domain * len(stages), 0, config, 4, 4)[:per_domain]
+    return out
+
+
 class StepTimer(TrainerCallback):
-    """Wall time and counted tokens/FLOPs of every optimizer step."""
+    """Wall time and counted tokens/FLOPs of every optimizer step of a Trainer."""
 
     def __init__(self, accountant: ComputeAccountant):
         self.accountant = accountant
-        self.steps: list[tuple[float, int, int, int]] = []  # seconds, trained tokens, forward-only tokens, flops
+        self.steps: list[tuple[float, int, int]] = []  # seconds, trained tokens, flops
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._start = time.perf_counter()
-        self._before = (self.accountant.tokens_trained, self.accountant.tokens_forward_only, self.accountant.flops)
+        self._before = (self.accountant.tokens_trained, self.accountant.flops)
 
     def on_step_end(self, args, state, control, **kwargs):
-        now = (self.accountant.tokens_trained, self.accountant.tokens_forward_only, self.accountant.flops)
+        now = (self.accountant.tokens_trained, self.accountant.flops)
         self.steps.append((time.perf_counter() - self._start, *(a - b for a, b in zip(now, self._before))))
 
 
-# The runs: TRL's SFT; the contrastive trainer with both objectives off (its own SFT loss: logits only
-# where there is a target, so it isolates the objectives' cost); the contrastive trainer as configured.
-METHODS = {"sft": {}, "contrastive λ=0": {"lambda_seq": 0.0, "lambda_gap": 0.0}, "contrastive": {}}
+def bare_loop(model_path: str, tokenizer, instances, bf16: bool, warmup: int) -> list[tuple[float, int, int]]:
+    """The reference: the same instances in the same order, one per micro-batch, AdamW every ACCUMULATION."""
+    model = load_model(model_path)
+    model.train()
+    n_params = matmul_parameter_count(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    rows = [encode(tokenizer, instance, chat=True) for instance in instances]
+    context = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
+    steps = []
+    for first in range(0, len(rows) - ACCUMULATION + 1, ACCUMULATION):
+        started, tokens = time.perf_counter(), 0
+        for row in rows[first:first + ACCUMULATION]:
+            input_ids, labels = torch.tensor([row.input_ids]), torch.tensor([row.labels])
+            positions, targets = next_token_targets(labels)
+            with context():
+                logits = model(input_ids=input_ids, logits_to_keep=positions, use_cache=False).logits
+            (token_cross_entropy(logits, targets) / ACCUMULATION).backward()
+            tokens += input_ids.numel()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        steps.append((time.perf_counter() - started, tokens, step_flops(n_params, tokens)))
+    return steps[warmup:]
 
 
-def measure(method: str, script_args: ScriptArguments, bf16: bool, instances, warmup: int, steps: int,
-            batch_size: int, workdir: str) -> dict:
-    config_class = AbsenceSFTConfig if method == "sft" else ContrastiveConfig
-    training_args = config_class(output_dir=workdir,
-                                 max_steps=warmup + steps, per_device_train_batch_size=batch_size,
-                                 gradient_accumulation_steps=1,
-                                 save_strategy="no", logging_steps=10_000, report_to="none", bf16=bf16,
-                                 use_cpu=not torch.cuda.is_available(), disable_tqdm=True, seed=0,
-                                 **METHODS[method])
-    model = load_model(script_args.model_name_or_path)
-    tokenizer = load_tokenizer(script_args.model_name_or_path, script_args.chat_template)
+def trainer_loop(method: str, model_path: str, instances, bf16: bool, warmup: int, workdir: str):
+    config_class, extra = {"sft": (AbsenceSFTConfig, {}),
+                           "contrastive (terms off)": (ContrastiveConfig, {"lambda_seq": 0.0, "lambda_gap": 0.0}),
+                           "contrastive": (ContrastiveConfig, {})}[method]
+    training_args = config_class(output_dir=workdir, max_steps=len(instances) // ACCUMULATION,
+                                 per_device_train_batch_size=1, gradient_accumulation_steps=ACCUMULATION,
+                                 save_strategy="no", logging_steps=10_000, report_to="none",
+                                 precision="bf16" if bf16 else "fp32", disable_tqdm=True, seed=0, **extra)
+    script_args = ScriptArguments(model_name_or_path=model_path, curriculum=False, curve_instances_per_domain=0)
+    model = load_model(model_path)
+    tokenizer = load_tokenizer(model_path, True)
     accountant = ComputeAccountant(matmul_parameter_count(model))
     build = (build_sft_trainer if method == "sft" else build_contrastive_trainer)(script_args, training_args)
-    trainer = build(model, tokenizer, instances, None, accountant)
+    trainer = build(model, tokenizer, instances, None, callbacks=[accountant])
+    # Same order as the bare loop: the instances as given (no shuffling).
+    trainer._get_train_sampler = lambda *args: torch.utils.data.SequentialSampler(trainer.train_dataset)
     timer = StepTimer(trainer.accountant())
     trainer.add_callback(timer)
     trainer.train()
-    measured = timer.steps[warmup:]
-    seconds = sum(s[0] for s in measured)
-    return {"method": method, "precision": "bf16" if bf16 else "fp32", "n_params": accountant.n_params,
-            "step_seconds": statistics.mean(s[0] for s in measured),
-            "tokens_per_s": sum(s[1] for s in measured) / seconds,
-            "forward_only_share": sum(s[2] for s in measured) / max(1, sum(s[1] for s in measured)),
-            "flops_per_s": sum(s[3] for s in measured) / seconds}
+    return timer.steps[warmup:]
+
+
+def summary(steps: list[tuple[float, int, int]], peak: float) -> dict:
+    seconds = sum(s[0] for s in steps)
+    flops_per_s = sum(s[2] for s in steps) / seconds
+    return {"steps": len(steps), "step_seconds": round(seconds / len(steps), 3),
+            "tokens_per_s": round(sum(s[1] for s in steps) / seconds, 1),
+            "flops_per_s": round(flops_per_s), "mfu": round(flops_per_s / peak, 4)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(DEFAULT_CHECKPOINT))
-    parser.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
-    parser.add_argument("--domains", nargs="+", default=["numerical", "poetry"])
-    parser.add_argument("--batch_size", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--per_domain", type=int, default=6, help="instances per domain and bucket")
+    parser.add_argument("--warmup", type=int, default=2, help="optimizer steps not timed, per run")
     parser.add_argument("--matmul_size", type=int, default=2048)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    torch.manual_seed(0)
+    started = time.time()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
-    precisions = {"fp32": [False], "bf16": [True], "both": [False, True]}[args.precision]
-    # Another process briefly sharing the cores lowers a single measurement; the peak is the best of
-    # several, taken before and after the training runs.
-    def peak_now() -> dict[bool, float]:
-        return {bf16: matmul_peak(torch.bfloat16 if bf16 else torch.float32, args.matmul_size, 10)
-                for bf16 in precisions}
-    peaks_before = peak_now()
-
-    script_args = ScriptArguments(model_name_or_path=args.model, domains=args.domains,
-                                  n_train=args.batch_size * (args.warmup + args.steps))
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks_before = {name: matmul_peak(dtype, args.matmul_size, 10) for name, dtype in dtypes.items()}
     tokenizer = load_tokenizer(args.model, True)
-    instances = drop_overlong(tokenizer, load_training_instances(script_args.domains, script_args.variants,
-                                                                 script_args.n_train, 0), True, 4096)
-    results = []
+    methods = ("bare", "sft", "contrastive (terms off)", "contrastive")
+    runs = []
     with tempfile.TemporaryDirectory() as workdir:
-        for bf16 in precisions:
-            for method in METHODS:
-                results.append(measure(method, script_args, bf16, instances, args.warmup, args.steps,
-                                       args.batch_size, workdir))
-                print(f"done: {method} {'bf16' if bf16 else 'fp32'}", file=sys.stderr)
+        for bucket in ("short", "full"):
+            instances = drop_overlong(tokenizer, bucket_instances(bucket, args.per_domain), True, 4096)
+            # Interleave the domains so every step mixes lengths as training does.
+            instances = [i for group in zip(*(
+                [x for x in instances if x.domain == d] for d in DOMAINS)) for i in group]
+            mean_tokens = sum(len(encode(tokenizer, i, True).input_ids) for i in instances) / len(instances)
+            for precision in dtypes:
+                for method in methods:
+                    bf16 = precision == "bf16"
+                    steps = (bare_loop(args.model, tokenizer, instances, bf16, args.warmup) if method == "bare"
+                             else trainer_loop(method, args.model, instances, bf16, args.warmup, workdir))
+                    runs.append({"bucket": bucket, "mean_tokens": round(mean_tokens), "precision": precision,
+                                 "method": method, "steps_raw": steps})
+                    print(f"done: {bucket} {precision} {method}", file=sys.stderr)
+    peaks_after = {name: matmul_peak(dtype, args.matmul_size, 10) for name, dtype in dtypes.items()}
+    peaks = {name: max(peaks_before[name], peaks_after[name]) for name in dtypes}
+    for run in runs:
+        run.update(summary(run.pop("steps_raw"), peaks[run["precision"]]))
 
-    peaks_after = peak_now()
-    peaks = {bf16: max(peaks_before[bf16], peaks_after[bf16]) for bf16 in precisions}
-    print("matmul peak GFLOP/s before/after: " + ", ".join(
-        f"{'bf16' if bf16 else 'fp32'} {peaks_before[bf16] / 1e9:,.0f}/{peaks_after[bf16] / 1e9:,.0f}"
-        for bf16 in precisions))
-    print(f"\nModel {args.model} (N = {results[0]['n_params']:,} matmul parameters), batch {args.batch_size}, "
-          f"{args.steps} timed steps after {args.warmup} warm-up, domains {' '.join(args.domains)}.\n")
-    print("| precision | matmul peak GFLOP/s | method | s/step | trained tokens/s | forward-only tokens per "
-          "trained token | counted GFLOP/s | MFU | step time vs SFT |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        peak = peaks[r["precision"] == "bf16"]
-        sft = next(x for x in results if x["precision"] == r["precision"] and x["method"] == "sft")
-        print(f"| {r['precision']} | {peak / 1e9:,.0f} | {r['method']} | {r['step_seconds']:.2f} | "
-              f"{r['tokens_per_s']:,.0f} | {r['forward_only_share']:.2f} | {r['flops_per_s'] / 1e9:,.1f} | "
-              f"{r['flops_per_s'] / peak:.1%} | {r['step_seconds'] / sft['step_seconds']:.2f}× |")
+    def rate(bucket, precision, method):
+        return next(r["tokens_per_s"] for r in runs
+                    if (r["bucket"], r["precision"], r["method"]) == (bucket, precision, method))
+
+    ratios = []
+    for bucket in ("short", "full"):
+        best = max(dtypes, key=lambda p: rate(bucket, p, "bare"))
+        for precision in dtypes:
+            ratios.append({"bucket": bucket, "precision": precision, "faster_precision_here": best,
+                           "sft_over_bare": round(rate(bucket, precision, "sft") / rate(bucket, precision, "bare"), 3),
+                           "sft_over_best_bare": round(rate(bucket, precision, "sft") / rate(bucket, best, "bare"), 3),
+                           "contrastive_off_over_sft": round(rate(bucket, precision, "contrastive (terms off)")
+                                                             / rate(bucket, precision, "sft"), 3)})
+    result = {"command": "python benchmarks/train_speed.py " + " ".join(sys.argv[1:]),
+              "machine": {"processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                          "torch": torch.__version__},
+              "matmul_peak_flops": {k: round(v) for k, v in peaks.items()},
+              "matmul_peak_before_after": {k: [round(peaks_before[k]), round(peaks_after[k])] for k in dtypes},
+              "accumulation": ACCUMULATION, "runs": runs, "ratios": ratios,
+              "wall_seconds": round(time.time() - started, 1)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+
+    print(f"matmul peak GFLOP/s: fp32 {peaks['fp32'] / 1e9:,.0f}, bf16 {peaks['bf16'] / 1e9:,.0f}\n")
+    print("| bucket (mean tokens) | precision | method | s/step | trained tokens/s | MFU |")
+    print("|---|---|---|---:|---:|---:|")
+    for r in runs:
+        print(f"| {r['bucket']} ({r['mean_tokens']}) | {r['precision']} | {r['method']} | {r['step_seconds']:.2f} | "
+              f"{r['tokens_per_s']:,.0f} | {r['mfu']:.1%} |")
+    print("\n| bucket | precision | SFT / bare | SFT / best bare | contrastive (terms off) / SFT |")
+    print("|---|---|---:|---:|---:|")
+    for r in ratios:
+        print(f"| {r['bucket']} | {r['precision']} | {r['sft_over_bare']:.2f} | {r['sft_over_best_bare']:.2f} "
+              f"| {r['contrastive_off_over_sft']:.2f} |")
+    print(f"\nwrote {args.out} ({result['wall_seconds'] / 60:.1f} min)", file=sys.stderr)
 
 
 if __name__ == "__main__":

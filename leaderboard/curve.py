@@ -37,6 +37,8 @@ class CurvePlan:
     seed: int
     learning_rate: float = 1e-4
     train_domains: tuple[str, ...] = DOMAINS
+    curve_instances_per_domain: int = 0  # the trainers' learning curve: off (each point is scored by lm-eval)
+    curve_every_steps: int = 0
 
 
 def point_name(method: str, size: int) -> str:
@@ -68,7 +70,7 @@ class Curve(Study):
     def train_point(self, method: str, size: int) -> dict:
         # One pass over the N instances, 2 per optimizer step: the smallest point still makes several
         # updates. A constant rate, no warm-up (a warm-up would spend the few steps there are at low rates).
-        run_args = ["--num_train_epochs", "1", "--gradient_accumulation_steps", "1",
+        run_args = ["--num_train_epochs", "1", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
                     "--learning_rate", str(self.plan.learning_rate), "--lr_scheduler_type", "constant"]
         return self.train(method, point_name(method, size), self.out / "data" / f"train-n{size}.jsonl", run_args)
 

@@ -1,7 +1,7 @@
 """The whole study in one command: zero-shot vs SFT vs contrastive at equal compute, published.
 
-    python -m leaderboard.experiment --budget 15m --out runs/study-quick        # the newcomer's run
-    python -m leaderboard.experiment --budget 60m --out runs/study              # the real study
+    python -m leaderboard.experiment --train-minutes 3 --n-eval 20 --n-eval-placeholder 0 --out runs/quick
+    python -m leaderboard.experiment --train-minutes 30 --out runs/study        # the real study
 
 Stages, in order, each a separate process where it loads a model (so a crash or a kill loses only that
 stage, and vLLM gets a fresh process):
@@ -18,7 +18,7 @@ stage, and vLLM gets a fresh process):
 
 A finished stage writes `stages/<name>.json`; running the same command again skips finished stages,
 resumes an interrupted training run from its last checkpoint and reuses the answers an interrupted
-evaluation already cached (lm-eval's --use_cache). The plan (how the budget is split) is fixed at the
+evaluation already cached (lm-eval's --use_cache). The plan (training time, test-set sizes) is fixed at the
 first run and stored in `plan.json`, so a resumed study is the same study.
 """
 
@@ -28,7 +28,6 @@ import argparse
 import importlib.util
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from absence_tasks.io import check_output_folder, run_command
+from absence_tasks.io import atomic_write_bytes
 from absence_tasks.schema import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,80 +45,62 @@ TASK_GROUPS = ("absencebench", "absencebench_placeholder")
 DOMAINS = ("numerical", "poetry", "github_prs")
 EVAL_VARIANTS = ("omission", "placeholder")
 
-# Costs measured on the 2-core machine, used only to split a wall-time budget: an lm-eval + vLLM start of
-# a 135M model (eager, CPU) about 1.5 minutes; the 6-task suite (omission + placeholder) about 0.2 instances/s
-# with vLLM (bf16) and far less with lm-eval's HF backend; an optimizer step of 8 instances ~3 min (SFT,
-# bf16 autocast).
+# A study trains each method for a fixed time (`--train-minutes`; contrastive gets the FLOPs SFT used) and then
+# evaluates on top of it, so a bigger test set never eats the training. The bounds: below ten seconds there is no
+# run to speak of (tests use a few seconds); beyond a day is not a study for this machine.
+MIN_TRAIN_SECONDS = 10
+MAX_TRAIN_SECONDS = 24 * 3600
+# Trained instances per second of training, measured with the recipe (bf16 autocast, curriculum) on the 2-core
+# machine: about 0.3. The train split is generated with half again as many (the curriculum draws each instance
+# once before any repeats, so a run that is faster than planned still sees new documents).
+PLANNED_INSTANCES_PER_SECOND = 0.45
+# vLLM on 2 cores: an engine start about 1.5 minutes; the suite about 0.2 instances/s. Only for the estimate
+# the study prints before it starts (evaluation is never cut to fit it).
 VLLM_START_SECONDS = 90
 VLLM_INSTANCES_PER_SECOND = 0.2
 HF_INSTANCES_PER_SECOND = 0.03
-FIXED_SECONDS = 240              # model conversion, data, oracle evaluation, publishing, model loads and saves
-SHORT_RUN_SECONDS = 600          # below this SFT budget, optimizer steps of 2 instances, not 8
-# A time budget is checked after each optimizer step, so training ends up to one step late. A short run's
-# step over two long PR diffs took 136 s (SFT) and 124 s (contrastive) in a 15-minute study, so a short
-# plan keeps that much in reserve for each of the two trainings.
-LAST_STEP_RESERVE_SECONDS = 140
-# The smallest budget that still trains and evaluates each model (fixed costs alone take 4 minutes), and the
-# largest a study on this machine sensibly runs unattended (beyond it the planned test sets exceed what the
-# generators' sources give distinct instances for).
-MIN_BUDGET_SECONDS = 10 * 60
-MAX_BUDGET_SECONDS = 48 * 3600
 
 
 @dataclass
 class Plan:
-    """How a study spends its budget; stored in plan.json at the first run."""
-    budget_seconds: float
+    """What a study runs; stored in plan.json at the first run, so a resumed study is the same study."""
+    train_seconds: float     # SFT's training wall time; contrastive trains for the FLOPs SFT used
     backend: str
-    n_eval: int              # test instances per task (6 tasks: 3 domains x omission/placeholder)
-    n_train: int             # train instances per domain
-    sft_seconds: float       # SFT wall-time budget; contrastive gets SFT's FLOPs
+    n_eval: int              # test instances per omission task (3 domains)
+    n_eval_placeholder: int  # per placeholder task (0: the placeholder tasks are not evaluated)
+    n_train: int             # train instances per domain (a length curriculum)
     seed: int
     train_domains: tuple[str, ...] = DOMAINS  # fewer: cross-domain transfer to the left-out ones
-    # The time budget is checked after each optimizer step; a short run needs short steps to stop on time.
-    gradient_accumulation_steps: int = 4
+    curve_instances_per_domain: int = 10     # the trainers' learning curve (validation split)
+    curve_every_steps: int = 100
+
+    @property
+    def task_groups(self) -> tuple[str, ...]:
+        return TASK_GROUPS if self.n_eval_placeholder else TASK_GROUPS[:1]
+
+    def estimated_seconds(self) -> float:
+        """Training of both methods plus an estimate of the three models' evaluation (for the log only)."""
+        rate, start = ((VLLM_INSTANCES_PER_SECOND, VLLM_START_SECONDS) if self.backend == "vllm"
+                       else (HF_INSTANCES_PER_SECOND, 20))
+        instances = len(DOMAINS) * (self.n_eval + self.n_eval_placeholder)
+        return 2 * self.train_seconds + 3 * (start + instances / rate)
 
 
-def parse_duration(text: str) -> float:
-    """'90m', '1h30m', '45s', '2h' or plain seconds -> seconds."""
-    match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text.strip())
-    if not text.strip() or not match or not any(match.groups()):
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 15m, 90m, 1h30m, 600)")
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
-
-
-def format_duration(seconds: float) -> str:
-    hours, rest = divmod(round(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    return "".join(f"{value}{unit}" for value, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if value) or "0s"
-
-
-def make_plan(budget_seconds: float, backend: str, seed: int, n_eval: int | None = None,
-              sft_seconds: float | None = None, train_domains: tuple[str, ...] = DOMAINS) -> Plan:
-    """Split the budget: about 40% of it evaluates the three models, the rest trains SFT and then
-    contrastive for about the same time each (equal FLOPs; contrastive does more per second, so it
-    needs no more time than SFT)."""
-    if not MIN_BUDGET_SECONDS <= budget_seconds <= MAX_BUDGET_SECONDS:
-        raise StudyError(f"--budget {format_duration(budget_seconds)} is outside "
-                         f"{format_duration(MIN_BUDGET_SECONDS)}..{format_duration(MAX_BUDGET_SECONDS)}")
-    rate = VLLM_INSTANCES_PER_SECOND if backend == "vllm" else HF_INSTANCES_PER_SECOND
-    start = VLLM_START_SECONDS if backend == "vllm" else 20  # HF: loading the model
-    usable = max(budget_seconds - FIXED_SECONDS, 60)
-    if n_eval is None:
-        per_model = 0.4 * usable / 3 - start
-        n_eval = max(2, int(per_model * rate / (len(DOMAINS) * len(EVAL_VARIANTS))))
-    if sft_seconds is None:
-        eval_seconds = 3 * (start + n_eval * len(DOMAINS) * len(EVAL_VARIANTS) / rate)
-        training_seconds = budget_seconds - FIXED_SECONDS - eval_seconds  # SFT and contrastive together
-        if training_seconds / 2 < SHORT_RUN_SECONDS:
-            training_seconds -= 2 * LAST_STEP_RESERVE_SECONDS
-        sft_seconds = max(30.0, training_seconds / 2)
-    # Far more distinct training instances than a budget gets through (a few s each): the budget ends training.
-    n_train = max(20, min(1000, int(sft_seconds / len(train_domains)) + 10))
-    accumulation = 1 if sft_seconds < SHORT_RUN_SECONDS else 4
-    return Plan(budget_seconds, backend, n_eval, n_train, round(sft_seconds, 1), seed, tuple(train_domains),
-                accumulation)
+def make_plan(train_seconds: float, backend: str, seed: int, n_eval: int = 100, n_eval_placeholder: int = 30,
+              train_domains: tuple[str, ...] = DOMAINS) -> Plan:
+    """The study's plan: SFT trains for `train_seconds` (contrastive for the same FLOPs), on a curriculum train
+    split sized to what that time gets through, and the three models are scored on n_eval instances per
+    omission task (n_eval_placeholder per placeholder task)."""
+    if not MIN_TRAIN_SECONDS <= train_seconds <= MAX_TRAIN_SECONDS:
+        raise StudyError(f"--train-minutes {train_seconds / 60:g} is outside "
+                         f"{MIN_TRAIN_SECONDS / 60:g}..{MAX_TRAIN_SECONDS / 60:g}")
+    if n_eval < 1 or n_eval_placeholder < 0:
+        raise StudyError("--n-eval must be >= 1 and --n-eval-placeholder >= 0")
+    n_train = max(20, min(5000, round(train_seconds * PLANNED_INSTANCES_PER_SECOND / len(train_domains))))
+    # The learning curve costs evaluation time: a short run gets a smaller validation set.
+    curve = 10 if train_seconds >= 20 * 60 else 3
+    return Plan(round(train_seconds, 1), backend, n_eval, n_eval_placeholder, n_train, seed, tuple(train_domains),
+                curve_instances_per_domain=curve)
 
 
 def default_backend() -> str:
@@ -180,16 +162,20 @@ class Study:
     def build_data(self) -> dict:
         from absence_tasks.generate import generate_instances
         from absence_tasks.schema import write_jsonl
+        from trainers.data import load_training_instances
 
         data = self.out / "data"
-        train = [instance for domain in self.plan.train_domains
-                 for instance in generate_instances(domain, "omission", self.plan.n_train, "train", self.plan.seed)]
+        # The recipe's length curriculum (trainers/recipe.py): short documents first, the test suite's last.
+        train = load_training_instances(self.plan.train_domains, ["omission"], self.plan.n_train, self.plan.seed,
+                                        curriculum=True)
         write_jsonl(data / "train.jsonl", train)
         for domain in DOMAINS:
-            for variant in EVAL_VARIANTS:
-                test = generate_instances(domain, variant, self.plan.n_eval, "test", self.plan.seed)
-                write_jsonl(data / "suite" / f"{domain}_{variant}_test.jsonl", test)
-        return {"train_instances": len(train), "test_instances_per_task": self.plan.n_eval}
+            for variant, n in (("omission", self.plan.n_eval), ("placeholder", self.plan.n_eval_placeholder)):
+                if n:
+                    test = generate_instances(domain, variant, n, "test", self.plan.seed)
+                    write_jsonl(data / "suite" / f"{domain}_{variant}_test.jsonl", test)
+        return {"train_instances": len(train), "test_instances_per_omission_task": self.plan.n_eval,
+                "test_instances_per_placeholder_task": self.plan.n_eval_placeholder}
 
     def train(self, method: str, name: str | None = None, train_file: Path | None = None,
               run_args: list[str] | None = None) -> dict:
@@ -198,11 +184,12 @@ class Study:
         output = self.out / "models" / (name or method)
         args = [sys.executable, "-m", f"trainers.{method}", "--model_name_or_path", str(self.model),
                 "--train_file", str(train_file or self.out / "data" / "train.jsonl"), "--output_dir", str(output),
-                "--seed", str(self.plan.seed), "--logging_steps", "1", "--save_steps", "10", "--save_total_limit",
-                "1", "--report_to", "none", "--per_device_train_batch_size", "2",
-                "--bf16", "true", "--use_cpu", "true"]  # bf16 autocast: about 1.7x faster steps on this CPU
+                "--seed", str(self.plan.seed), "--logging_steps", "10", "--save_steps", "50", "--save_total_limit",
+                "1", "--report_to", "none",
+                "--curve_instances_per_domain", str(self.plan.curve_instances_per_domain),
+                "--curve_every_steps", str(self.plan.curve_every_steps)]  # the rest: the trainers' recipe
         args += self.budget_args(method) if run_args is None else run_args
-        from trainers.sft import last_complete_checkpoint
+        from trainers.run import last_complete_checkpoint
 
         if last_complete_checkpoint(output):
             args += ["--resume_from_checkpoint", "last"]
@@ -212,16 +199,14 @@ class Study:
                 "instances_trained": compute["instances_trained"]}
 
     def budget_args(self, method: str) -> list[str]:
-        # A budget-limited run is a few dozen optimizer steps: a constant rate (after warm-up) of 1e-4 moves
-        # a 135M model within them; the trainers' 2e-5 default is for longer runs.
-        args = ["--num_train_epochs", "100",  # a budget ends training
-                "--learning_rate", "1e-4", "--lr_scheduler_type", "constant_with_warmup", "--warmup_steps", "5",
-                "--gradient_accumulation_steps", str(self.plan.gradient_accumulation_steps)]
+        # The trainers' recipe (precision measured at start-up, a schedule over the budget, the curriculum
+        # carried by the train file) with the study's budgets: a budget, not the epochs, ends training.
+        args = ["--num_train_epochs", "100"]
         if method == "sft":
-            return args + ["--max_train_seconds", str(self.plan.sft_seconds)]
+            return args + ["--max_train_seconds", str(self.plan.train_seconds)]
         return args + ["--compute_budget_flops", str(training_record(self.out / "models" / "sft")["compute"]["flops"])]
 
-    def evaluate(self, name: str, model: Path | None = None, groups: tuple[str, ...] = TASK_GROUPS) -> dict:
+    def evaluate(self, name: str, model: Path | None = None, groups: tuple[str, ...] | None = None) -> dict:
         """lm-eval on the test suite into eval/<name>: the oracle, or a model (default: the base model for
         zero-shot, else models/<name>)."""
         output = self.out / "eval" / name
@@ -229,7 +214,7 @@ class Study:
         # `absence-lm-eval`: lm_eval's CLI with the project's models (the oracle) and task folder; started
         # through the interpreter so it is the same environment even when the console script is not on PATH.
         lm_eval_cli = [sys.executable, "-c", "from absence_tasks.lm_eval_models import main; main()"]
-        args = [*lm_eval_cli, "--tasks", *groups, "--metadata", metadata, "--output_path", str(output), "--log_samples",
+        args = [*lm_eval_cli, "--tasks", *(groups or self.plan.task_groups), "--metadata", metadata, "--output_path", str(output), "--log_samples",
                 "--seed", str(self.plan.seed)]
         if name == "oracle":
             args += ["--model", "absence-oracle"]
@@ -255,6 +240,10 @@ class Study:
         self.command(lb + ["add-reported", "--out", str(board)])
         self.command(lb + ["compare", str(board), f"{self.model_label}-contrastive", f"{self.model_label}-sft"])
         self.command(lb + ["render", str(board), "--out", str(self.out / "page"), "--screenshot"])
+        curves = {name: training_record(self.out / "models" / name).get("learning_curve") or []
+                  for name in ("sft", "contrastive")}
+        if any(curves.values()):
+            atomic_write_bytes(self.out / "page" / "learning_curve.png", learning_curve_png(curves))
         return {"leaderboard": str(board), "page": str(self.out / "page" / "index.html")}
 
     def stages(self) -> list[tuple[str, Any]]:
@@ -271,12 +260,42 @@ class Study:
         self.log(f"study finished: {total / 60:.1f} min of stage time in all; page: {self.out / 'page' / 'index.html'}")
 
 
+def learning_curve_png(curves: dict[str, list[dict[str, Any]]]) -> bytes:
+    """Validation F1 per domain (and their average) against training minutes, one panel per method: the
+    trainers' learning curves (trainers/learning_curve.py), so a reader sees whether and when each learns."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m, points in curves.items() if points]
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 3.6), sharey=True, squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        points = curves[method]
+        minutes = [p["train_seconds"] / 60 for p in points]
+        for domain in sorted(points[-1]["f1"]):
+            ax.plot(minutes, [p["f1"].get(domain, float("nan")) for p in points], marker="o", label=domain)
+        ax.plot(minutes, [p["average"] for p in points], color="black", linewidth=2.5, label="average")
+        n = points[-1]["n_per_domain"]
+        ax.set_title(f"{method} (validation, {min(n.values())} per domain)")
+        ax.set_xlabel("training minutes")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("F1 (greedy)")
+    axes[0][-1].legend(loc="upper left", fontsize=8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 class StudyError(RuntimeError):
     pass
 
 
 def training_record(model_dir: Path) -> dict[str, Any]:
-    from trainers.sft import read_model_card
+    from trainers.card import read_model_card
 
     if not (model_dir / "README.md").is_file():
         raise StudyError(f"{model_dir}: no finished model (model card missing); rerun to resume its training")
@@ -285,32 +304,37 @@ def training_record(model_dir: Path) -> dict[str, Any]:
 
 def load_or_make_plan(out: Path, args: argparse.Namespace) -> Plan:
     path = out / "plan.json"
+    asked = make_plan(args.train_minutes * 60, args.backend or default_backend(), args.seed, args.n_eval, args.n_eval_placeholder,
+                      tuple(args.train_domains))
     # A plan whose study never finished a stage binds nothing yet: a corrected command replaces it.
     if path.is_file() and any((out / "stages").glob("*.json")):
         stored = json.loads(path.read_text())
+        if "train_seconds" not in stored:
+            raise StudyError(f"{path}: a study planned by an older version (a whole-study budget); use another --out")
         plan = Plan(**{**stored, "train_domains": tuple(stored["train_domains"])})
-        if args.budget is not None and args.budget != plan.budget_seconds:
-            raise StudyError(f"{path}: this study was planned for a {plan.budget_seconds / 60:.0f} min budget; "
-                             f"use another --out for a different budget")
+        if (plan.train_seconds, plan.n_eval, plan.n_eval_placeholder) != (
+                asked.train_seconds, asked.n_eval, asked.n_eval_placeholder):
+            raise StudyError(f"{path}: this study was planned for --train-minutes {plan.train_seconds / 60:g} "
+                             f"--n-eval {plan.n_eval} --n-eval-placeholder {plan.n_eval_placeholder}; use another "
+                             f"--out for a different plan")
         return plan
-    plan = make_plan(args.budget if args.budget is not None else 60 * 60, args.backend or default_backend(),
-                     args.seed, args.n_eval, args.sft_seconds, tuple(args.train_domains))
-    atomic_write_text(path, json.dumps(asdict(plan), indent=2) + "\n")
-    return plan
+    atomic_write_text(path, json.dumps(asdict(asked), indent=2) + "\n")
+    return asked
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m leaderboard.experiment", description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=parse_duration, default=None,
-                        help="wall-time budget of the whole study (default 60m; 15m for a quick look)")
+    parser.add_argument("--train-minutes", type=float, default=30.0,
+                        help="training wall time of SFT in minutes (default 30); contrastive trains for the FLOPs "
+                             "SFT used. Evaluation comes on top (the study prints its estimate)")
     parser.add_argument("--out", type=Path, default=Path("runs/study"), help="study folder (resumable)")
     parser.add_argument("--model", type=Path, default=None,
                         help="base checkpoint (default: the embedded SmolLM2-135M-Instruct, converted here)")
     parser.add_argument("--backend", choices=("vllm", "hf"), default=None,
                         help="lm-eval backend (default: vllm when installed, else hf)")
-    parser.add_argument("--n-eval", type=int, default=None, help="test instances per task (default: from budget)")
-    parser.add_argument("--sft-seconds", type=float, default=None,
-                        help="SFT training wall time (default: from budget); contrastive gets SFT's FLOPs")
+    parser.add_argument("--n-eval", type=int, default=100, help="test instances per omission task (default 100)")
+    parser.add_argument("--n-eval-placeholder", type=int, default=30,
+                        help="test instances per placeholder task (default 30; 0 leaves those tasks out)")
     parser.add_argument("--train-domains", nargs="+", choices=DOMAINS, default=list(DOMAINS),
                         help="domains to train on; leave one out to measure cross-domain transfer, e.g. "
                              "--train-domains numerical poetry (all three are always evaluated)")
@@ -334,7 +358,8 @@ def launch(args: argparse.Namespace, plan_loader, study_class: type[Study]) -> i
         args.out.mkdir(parents=True, exist_ok=True)
         plan = plan_loader(args.out, args)
         study = study_class(args.out.resolve(), plan, args.model.resolve() if args.model else None, extra)
-        study.log(f"plan: {json.dumps(asdict(plan))}")
+        study.log(f"plan: {json.dumps(asdict(plan))}; estimated {plan.estimated_seconds() / 60:.0f} min "
+                  f"(training {2 * plan.train_seconds / 60:.0f} min, the rest evaluation)")
         study.run()
 
     return run_command(study_class.program, run, handled=(StudyError, ValueError, OSError))

@@ -221,7 +221,7 @@ def model_card_record(folder: Path) -> dict[str, Any] | None:
     card = folder / "README.md"
     if not card.is_file() or "```json\n" not in card.read_text(encoding="utf-8", errors="replace"):
         return None
-    from trainers.sft import read_model_card  # imports torch/TRL: only when there is a card to read
+    from trainers.card import read_model_card
 
     try:
         record = read_model_card(folder)

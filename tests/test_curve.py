@@ -30,7 +30,7 @@ def test_curve_trains_nested_subsets_and_publishes_the_data_efficiency_page(tiny
     assert sorted(p.name for p in (out / "data" / "suite").iterdir()) == \
         sorted(f"{d}_omission_test.jsonl" for d in DOMAINS)
 
-    from trainers.sft import read_model_card
+    from trainers.card import read_model_card
 
     for size in (2, 4):
         sft, contrastive = (read_model_card(out / "models" / f"{m}-n{size}") for m in ("sft", "contrastive"))

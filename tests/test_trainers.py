@@ -18,12 +18,13 @@ import torch
 from absence_tasks.models import END_OF_TURN, load_checkpoint_or_die
 from absence_tasks.prompts import render_answer
 from absence_tasks.schema import PLACEHOLDER, Instance, read_jsonl, write_jsonl
-from trainers import contrastive, sft
-from trainers.config import AbsenceSFTConfig, ScriptArguments
+from trainers import contrastive, run, sft
+from trainers.config import LEARNING_RATE, AbsenceSFTConfig, ScriptArguments
 from trainers.contrastive import ContrastiveCollator, companion_states, contrastive_features
 from trainers.data import (adjacent_pair_negative, complete_copy, data_sha256, encode, hard_negatives,
                            load_training_instances, shortest_line_negative)
-from trainers.sft import read_model_card
+from trainers.accounting import ComputeAccountant
+from trainers.card import read_model_card
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -39,6 +40,7 @@ def flags(model_dir, out, *extra, max_steps=3, domains=("numerical",), save_step
     return ["--model_name_or_path", str(model_dir), "--output_dir", str(out), "--domains", *domains,
             "--n_train", "4", "--max_lines", "5", *steps, "--per_device_train_batch_size", "2",
             "--gradient_accumulation_steps", "1", "--logging_steps", "1", "--disable_tqdm", "true", *saving,
+            "--curve_instances_per_domain", "0",
             *map(str, extra)]
 
 
@@ -97,7 +99,7 @@ def test_sft_writes_a_plain_checkpoint_with_a_model_card(sft_run, tokenizer):
     assert compute["train_seconds"] > 0 and compute["stopped_by"] == [] and compute["budget_seconds"] is None
     assert card["data"]["sha256"] == data_sha256(read_jsonl(sft_run / "training_data.jsonl"))
     assert card["data"]["domains"] == ["numerical", "poetry"] and card["data"]["n_instances"] == 8
-    assert card["training_args"]["learning_rate"] == 2e-5 and card["seed"] == 42 and card["data_seed"] == 0
+    assert card["training_args"]["learning_rate"] == LEARNING_RATE and card["seed"] == 42 and card["data_seed"] == 0
     assert (sft_run / "README.md").read_text().startswith("---\nbase_model: ")
 
     # Generation stops at the end-of-turn token that training taught.
@@ -117,10 +119,10 @@ def test_sft_writes_a_plain_checkpoint_with_a_model_card(sft_run, tokenizer):
 
 @pytest.mark.parametrize("chat", [True, False], ids=["chat-template", "raw"])
 def test_sft_labels_cover_exactly_the_answer_and_end_of_turn(tiny_llama_dir, tokenizer, instances, tmp_path, chat):
-    model = sft.load_model(tiny_llama_dir)
+    model = run.load_model(tiny_llama_dir)
     args = AbsenceSFTConfig(output_dir=str(tmp_path), report_to="none")
-    trainer = sft.build_sft_trainer(ScriptArguments(chat_template=chat), args)(model, tokenizer, instances, None,
-                                                                               sft.ComputeAccountant(1))
+    trainer = sft.build_sft_trainer(ScriptArguments(chat_template=chat), args)(
+        model, tokenizer, instances, None, callbacks=[ComputeAccountant(1)])
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(instances))])
     # Chat: the assistant turn closes with <|im_end|> and the template's newline; raw text: the EOS token.
     ending = END_OF_TURN + "\n" if chat else tokenizer.eos_token
@@ -392,14 +394,14 @@ def test_a_run_killed_mid_way_resumes_to_the_right_step(tiny_llama_dir, tmp_path
     proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
-        while sft.last_complete_checkpoint(out) is None and proc.poll() is None and time.time() < deadline:
+        while run.last_complete_checkpoint(out) is None and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait()
-    killed_at = json.loads((Path(sft.last_complete_checkpoint(out)) / "trainer_state.json").read_text())["global_step"]
+    killed_at = json.loads((Path(run.last_complete_checkpoint(out)) / "trainer_state.json").read_text())["global_step"]
     assert 0 < killed_at < max_steps
     assert not (out / "config.json").exists() and not (out / "README.md").exists()  # nothing looks finished
 
@@ -472,3 +474,77 @@ def test_lm_eval_scores_the_sft_checkpoint(sft_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (results,) = (tmp_path / "results").rglob("results_*.json")
     assert 0.0 <= json.loads(results.read_text())["results"]["absence_numerical"]["f1,none"] <= 1.0
+
+
+# ---- the recipe: answer-only loss, precision, budget schedule, curriculum, learning curve -------------------
+
+def test_the_loss_is_computed_at_the_answer_positions_alone_and_equals_the_full_masked_loss(
+        tiny_llama_dir, tokenizer, instances, tmp_path):
+    from trainers.losses import masked_lm_loss
+
+    model = run.load_model(tiny_llama_dir)
+    args = AbsenceSFTConfig(output_dir=str(tmp_path), report_to="none")
+    trainer = sft.build_sft_trainer(ScriptArguments(), args)(model, tokenizer, instances, None,
+                                                             callbacks=[ComputeAccountant(1)])
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(instances))])
+    outputs, loss, mean = trainer.answer_forward(model, batch, batch["labels"])
+    answer_positions = int((batch["labels"][:, 1:] != -100).any(dim=0).sum())
+    assert outputs.logits.shape[1] == answer_positions < batch["input_ids"].shape[1] // 4
+    full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert loss.item() == pytest.approx(masked_lm_loss(full, batch["labels"]).item(), rel=1e-4)
+    assert mean.item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_precision_is_measured_by_default_and_an_explicit_choice_is_kept(sft_run, tiny_llama_dir, tmp_path):
+    measured = read_model_card(sft_run)["precision"]
+    assert measured["requested"] == "auto" and measured["chosen"] in ("fp32", "bf16")
+    assert set(measured["measured_tokens_per_s"]) == {"fp32", "bf16"}
+    out = tmp_path / "bf16"
+    assert sft.main(flags(tiny_llama_dir, out, "--precision", "bf16", max_steps=1)) == 0
+    card = read_model_card(out)
+    assert card["precision"] == {"requested": "bf16", "chosen": "bf16", "measured_tokens_per_s": None}
+    assert card["training_args"]["bf16"] is True
+    assert "| precision | bf16, asked: bf16 |" in (out / "README.md").read_text()
+
+
+def test_a_budget_run_schedules_its_learning_rate_over_the_budget_and_draws_the_curriculum_in_order(
+        sft_run, tiny_llama_dir, tmp_path):
+    per_instance = read_model_card(sft_run)["compute"]["flops"] / 6  # 3 steps of 2 instances
+    out = tmp_path / "recipe"
+    assert sft.main(flags(tiny_llama_dir, out, "--compute_budget_flops", 5 * per_instance,
+                          "--per_device_train_batch_size", 1, "--num_train_epochs", 20,
+                          "--curve_instances_per_domain", 1, "--curve_every_steps", 2, max_steps=None)) == 0
+    card = read_model_card(out)
+    assert card["compute"]["stopped_by"] == ["compute_budget_flops"] and card["curriculum"] is True
+    rates = [entry["learning_rate"] for entry in logged(out)]
+    assert max(rates) > 0.5 * LEARNING_RATE        # warmed up (3% of the budget) and then near the peak
+    assert rates[-1] < 0.05 * LEARNING_RATE         # and decayed to ~0 where the budget ends, not at max_steps
+    assert card["max_steps"] > 10 * card["global_step"]  # the epoch-derived step limit was far away
+    trained = read_jsonl(out / "training_data.jsonl")
+    assert {i.metadata["curriculum_stage"] for i in trained} == {0, 1, 2}  # --max_lines 5 gives 3 stages
+
+    # The learning curve: the starting model, every 2 steps, and the end; in the card and trainer_state.json.
+    curve = card["learning_curve"]
+    steps = [point["step"] for point in curve]
+    assert steps[0] == 0 and steps[-1] == card["global_step"] and steps == sorted(set(steps))
+    assert all(s % 2 == 0 for s in steps[:-1])
+    assert all(point["n_per_domain"] == {"numerical": 1} and 0 <= point["average"] <= 100 for point in curve)
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert sum("curve/average_f1" in entry for entry in history) == len(curve)
+    assert "## Learning curve" in (out / "README.md").read_text()
+    assert json.loads((out / "training_record.json").read_text()) == card
+
+
+def test_the_curriculum_sampler_feeds_the_trainer_shortest_stage_first(tiny_llama_dir, tokenizer, tmp_path):
+    model = run.load_model(tiny_llama_dir)
+    staged = load_training_instances(["numerical"], ["omission"], 6, 0, max_lines=12, curriculum=True,
+                                     curriculum_stages=3)
+    stages = [i.metadata["curriculum_stage"] for i in staged]
+    args = AbsenceSFTConfig(output_dir=str(tmp_path), report_to="none", per_device_train_batch_size=1)
+    accountant = ComputeAccountant(1, budget_seconds=100)
+    trainer = sft.build_sft_trainer(ScriptArguments(), args)(model, tokenizer, staged, None, callbacks=[accountant],
+                                                             curriculum_stages=stages)
+    first = next(iter(trainer.get_train_dataloader()))
+    row = next(k for k, i in enumerate(staged) if encode(tokenizer, i, chat=True).input_ids
+               == first["input_ids"][0].tolist())
+    assert stages[row] == 0

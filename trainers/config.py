@@ -15,6 +15,10 @@ from absence_tasks.models import DEFAULT_CHECKPOINT
 from absence_tasks.schema import DOMAINS, VARIANTS
 from trainers.data import HARD_NEGATIVE_KINDS
 from trainers.losses import POOLING_MODES
+from trainers.recipe import PRECISIONS
+
+# The peak learning rate of the recipe (full fine-tuning of SmolLM2-135M; see the README's sweep).
+LEARNING_RATE = 1e-4
 
 # Every linear layer of a Llama block; `--lora_target_modules all-linear` is PEFT's shorthand for the same.
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -45,6 +49,25 @@ class ScriptArguments:
         default=None,
         metadata={"help": "Train on this instances JSONL (`absence-bench generate --split train`) instead of "
                           "generating; --domains/--variants select from it."})
+    curriculum: bool = field(
+        default=True,
+        metadata={"help": "Generate the train split as a length curriculum (documents of a few lines first, the "
+                          "test suite's lengths last; see trainers/recipe.py) and draw it in that order as the run "
+                          "progresses through its budget; false: one stage at the preset's lengths, drawn at random "
+                          "(the data of runs before the curriculum existed)."})
+    curriculum_stages: int = field(
+        default=4, metadata={"help": "Length stages of the curriculum; --n_train is shared out over them."})
+    curriculum_start_lines: int = field(
+        default=4, metadata={"help": "Lines (numbers, poem lines, diff lines) of the curriculum's shortest "
+                                     "documents."})
+    curriculum_ramp: float = field(
+        default=0.7, metadata={"help": "Fraction of the run (of its budget, or of its steps) after which the last, "
+                                       "full-length stage is open."})
+    curve_every_steps: int = field(
+        default=50, metadata={"help": "Learning curve: greedy F1 on the fixed validation set every this many "
+                                      "optimizer steps (0: only at the end); its time is not training time."})
+    curve_instances_per_domain: int = field(
+        default=10, metadata={"help": "Validation instances per domain for the learning curve (0: no curve)."})
     chat_template: bool = field(
         default=True,
         metadata={"help": "Wrap prompt and answer in the tokenizer's chat template (user = prompt, assistant = "
@@ -81,6 +104,12 @@ class ScriptArguments:
             raise ValueError(f"--compute_budget_flops must be > 0, got {self.compute_budget_flops}")
         if self.max_train_seconds is not None and self.max_train_seconds <= 0:
             raise ValueError(f"--max_train_seconds must be > 0, got {self.max_train_seconds}")
+        if self.curriculum_stages < 1 or self.curriculum_start_lines < 2:
+            raise ValueError("--curriculum_stages must be >= 1 and --curriculum_start_lines >= 2")
+        if not 0 < self.curriculum_ramp <= 1:
+            raise ValueError(f"--curriculum_ramp must lie in (0, 1], got {self.curriculum_ramp}")
+        if self.curve_every_steps < 0 or self.curve_instances_per_domain < 0:
+            raise ValueError("--curve_every_steps and --curve_instances_per_domain must be >= 0")
         if self.use_peft and (self.lora_r < 1 or self.lora_alpha < 1):
             raise ValueError("--lora_r and --lora_alpha must be >= 1")
 
@@ -106,19 +135,35 @@ class AbsenceSFTConfig(SFTConfig):
         default=None,
         metadata={"help": "Seed of the generated training data (default 0) and of the Trainer's data sampler "
                           "(default: --seed)."})
-    learning_rate: float = field(default=2e-5, metadata={"help": "Initial AdamW learning rate."})
-    # Training a 135M model in float32 on CPU peaks near 2 MB per token: micro-batches of 2 documents
-    # (up to a few thousand tokens each) fit in about 16 GB; accumulation keeps the effective batch at 8.
-    per_device_train_batch_size: int = field(default=2, metadata={"help": "Instances per device per micro-batch."})
+    learning_rate: float = field(default=LEARNING_RATE, metadata={"help": "Peak AdamW learning rate."})
+    # A CPU hour is a few hundred documents: one instance per micro-batch (no padding, so no FLOPs spent on
+    # it) and two per optimizer step make hundreds of updates where batches of 8 made a handful.
+    per_device_train_batch_size: int = field(default=1, metadata={"help": "Instances per device per micro-batch."})
     gradient_accumulation_steps: int = field(
-        default=4, metadata={"help": "Micro-batches accumulated per optimizer step."})
+        default=2, metadata={"help": "Micro-batches accumulated per optimizer step."})
+    lr_scheduler_type: str = field(
+        default="cosine", metadata={"help": "Learning-rate decay after the warm-up. With a FLOP or time budget it "
+                                            "runs over the budget (cosine, linear, constant, cosine_with_min_lr), "
+                                            "else over the steps (any of transformers' schedulers)."})
+    warmup_steps: float = field(
+        default=0.03, metadata={"help": "Warm-up: a fraction of the run (< 1), or a step count without a budget."})
+    precision: str = field(
+        default="auto", metadata={"help": "On CPU: fp32, bf16 (autocast), or auto — measure both on this machine "
+                                          "at start-up (a few seconds) and train in the faster one. On a GPU "
+                                          "the Trainer's --bf16 / --fp16 decide.",
+                                  "choices": list(PRECISIONS)})
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown --precision {self.precision!r} (expected one of {', '.join(PRECISIONS)})")
         # TRL turns bf16 on unless told otherwise, which transformers refuses on a machine without a GPU
-        # (unless --use_cpu). There the default is float32; `--bf16 true --use_cpu true` asks for autocast.
+        # unless use_cpu is set. There --precision decides (an explicit --bf16 true means bf16); the
+        # run's start-up settles `auto` by measurement (trainers.run.settle_precision).
         if not torch.cuda.is_available():
-            if self.bf16 is None and not self.fp16 and not self.use_cpu:
-                self.bf16 = False
+            if self.bf16:
+                self.precision = "bf16"
+            self.bf16 = self.precision == "bf16" and not self.fp16
+            self.use_cpu = True
             self.dataloader_pin_memory = False  # pinned memory only helps copies to a GPU
         super().__post_init__()
 

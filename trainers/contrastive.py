@@ -50,9 +50,9 @@ from trainers.config import ContrastiveConfig, ScriptArguments
 from trainers.data import (HARD_NEGATIVE_KINDS, Encoded, common_prefix_length, complete_copy, document_char_spans,
                            encode, hard_negatives, missing_line_indices, token_span)
 from trainers.losses import (char_map_for_omission, combined_loss, gap_alignment_loss, gap_char_positions_for_omission,
-                             gap_token_mask, negatives_by_row, next_token_targets, pool_hidden,
-                             sequence_infonce_loss, token_alignment_from_char_map, token_cross_entropy)
-from trainers.sft import CountingSFTTrainer, main_for
+                             gap_token_mask, negatives_by_row, pool_hidden,
+                             sequence_infonce_loss, token_alignment_from_char_map)
+from trainers.run import AbsenceTrainer, main_for
 
 # Collated keys the model never sees (compute_loss takes them out of the batch).
 SIDE_KEYS = ("original_mask", "recitation_mask", "alignment", "gap_mask", "companion_input_ids",
@@ -249,7 +249,7 @@ def companion_states(model, states: torch.Tensor, past_key_values, side: dict[st
     return torch.where(before_prefix, from_training, from_new.to(from_training.dtype)), new_count
 
 
-class ContrastiveTrainer(CountingSFTTrainer):
+class ContrastiveTrainer(AbsenceTrainer):
     """SFTTrainer whose loss adds the sequence-level and gap-level objectives (see the module docstring).
     The SFT term is the same token-mean NLL SFTTrainer computes, on the same tokens."""
 
@@ -275,13 +275,8 @@ class ContrastiveTrainer(CountingSFTTrainer):
         if needs_states and "companion_input_ids" not in side:
             raise ValueError("the contrastive losses need a ContrastiveCollator built with with_complete=True")
         reuse_cache = needs_states and bool(side["companion_prefix"].max() > 0)
-        positions, targets = next_token_targets(labels)
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                        logits_to_keep=positions, output_hidden_states=needs_states, use_cache=reuse_cache)
-        sft = token_cross_entropy(outputs.logits, targets, num_items_in_batch)
-        sft_mean = token_cross_entropy(outputs.logits.detach(), targets)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            sft = sft * self.accelerator.num_processes  # as SFTTrainer: DDP averages gradients across ranks
+        outputs, sft, sft_mean = self.answer_forward(model, inputs, labels, num_items_in_batch,
+                                                     output_hidden_states=needs_states, use_cache=reuse_cache)
 
         seq = gap = None
         forward_only_tokens = 0
@@ -334,7 +329,7 @@ CONTRASTIVE_DESCRIPTION = ("SFT loss plus the 'attend to absence' objectives: se
 
 
 def build_contrastive_trainer(script_args: ScriptArguments, training_args: ContrastiveConfig):
-    def build(model, tokenizer, instances, peft_config, accountant):
+    def build(model, tokenizer, instances, peft_config, **recipe):
         needs_companions = training_args.lambda_seq > 0 or training_args.lambda_gap > 0
         with_hard = (needs_companions and training_args.lambda_seq > 0 and training_args.hard_negatives
                      and bool(training_args.hard_negative_kinds))
@@ -349,7 +344,7 @@ def build_contrastive_trainer(script_args: ScriptArguments, training_args: Contr
         dataset = contrastive_dataset(tokenizer, instances, script_args.chat_template,
                                       training_args.hard_negative_kinds if with_hard else ())
         return ContrastiveTrainer(model=model, args=training_args, processing_class=tokenizer, train_dataset=dataset,
-                                  data_collator=collator, peft_config=peft_config, callbacks=[accountant])
+                                  data_collator=collator, peft_config=peft_config, **recipe)
     return build
 
 

@@ -23,6 +23,7 @@ from absence_tasks.generate import GenerationConfig, default_config, generate_in
 from absence_tasks.prompts import render_answer, render_documents, render_prompt
 from absence_tasks.schema import PLACEHOLDER, DataError, Instance, dumps_jsonl, read_jsonl
 from absence_tasks.sources import Document
+from trainers.recipe import curriculum_stages, stage_counts
 
 
 # ---- instances ------------------------------------------------------------------------------------
@@ -37,11 +38,17 @@ def generation_config(domain: str, max_lines: int | None) -> GenerationConfig:
 
 def load_training_instances(domains: Sequence[str], variants: Sequence[str], n_train: int, seed: int, *,
                             max_lines: int | None = None, train_file: str | Path | None = None,
+                            curriculum: bool = False, curriculum_stages: int = 4, curriculum_start_lines: int = 4,
                             ) -> list[Instance]:
     """`n_train` generated TRAIN-split instances per (domain, variant), or the matching instances of
-    `train_file`. Raises DataError (one line) for a missing/empty file, a file holding other splits, or
-    nothing left to train on."""
+    `train_file`. With `curriculum`, each domain's instances come in `curriculum_stages` length stages
+    (`curriculum_instances`), each marked with its `curriculum_stage` in the metadata. Raises DataError
+    (one line) for a missing/empty file, a file holding other splits, or nothing left to train on."""
     if train_file is None:
+        if curriculum:
+            return [instance for domain in domains for variant in variants
+                    for instance in curriculum_instances(domain, variant, n_train, seed, generation_config(
+                        domain, max_lines), curriculum_stages, curriculum_start_lines)]
         return [instance for domain in domains for variant in variants
                 for instance in generate_instances(domain, variant, n_train, "train", seed,
                                                    config=generation_config(domain, max_lines), progress=False)]
@@ -54,6 +61,32 @@ def load_training_instances(domains: Sequence[str], variants: Sequence[str], n_t
         raise DataError(f"{train_file}: none of its {len(instances)} instances is in --domains "
                         f"{' '.join(domains)} and --variants {' '.join(variants)}")
     return selected
+
+
+PR_CURRICULUM_START_LINES = 20
+
+
+def curriculum_instances(domain: str, variant: str, n: int, seed: int, config: GenerationConfig, n_stages: int,
+                         start_lines: int) -> list[Instance]:
+    """`n` train-split instances of one domain in length stages (`recipe.curriculum_stages`: from
+    `start_lines` lines up to `config`'s own range), each generated with its own seed derived from `seed`
+    and the stage, and marked `metadata["curriculum_stage"]`. PR diffs start at `PR_CURRICULUM_START_LINES`."""
+    # Diffs are never cut (a cut diff is not a diff), so PR stages start where there are enough of them:
+    # the embedded pool's shortest train diffs have 19 lines, and about a hundred have at most 33.
+    start = max(start_lines, PR_CURRICULUM_START_LINES) if domain == "github_prs" else start_lines
+    stages = curriculum_stages(start, config.min_lines, config.max_lines, n_stages)
+    out: list[Instance] = []
+    for index, (stage, count) in enumerate(zip(stages, stage_counts(n, len(stages)))):
+        if not count:
+            continue
+        stage_seed = int.from_bytes(hashlib.sha256(f"{seed}:curriculum:{index}".encode()).digest()[:4], "big")
+        stage_config = replace(config, min_lines=stage.min_lines, max_lines=stage.max_lines,
+                               n_omitted=None if config.n_omitted is None or config.n_omitted < stage.max_lines
+                               else stage.max_lines - 1)
+        for instance in generate_instances(domain, variant, count, "train", stage_seed, config=stage_config,
+                                           progress=False):
+            out.append(replace(instance, metadata={**instance.metadata, "curriculum_stage": index}))
+    return out
 
 
 def data_sha256(instances: Sequence[Instance]) -> str:
