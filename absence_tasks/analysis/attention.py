@@ -660,7 +660,7 @@ def _check_options(args: argparse.Namespace) -> None:
 def run_analysis(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from absence_tasks.cli import load_instances
+    from absence_tasks.loading import load_instances
     from absence_tasks.scoring import score_response
 
     _check_options(args)

@@ -539,7 +539,7 @@ def _versions() -> dict[str, str]:
 
 
 def run_probe(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
-    from absence_tasks.cli import load_instances
+    from absence_tasks.loading import load_instances
     from absence_tasks.models import load_checkpoint_or_die
 
     _check_options(args)
