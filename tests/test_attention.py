@@ -94,10 +94,10 @@ def test_baseline_draws_are_seeded_sized_like_the_target_and_avoid_it():
 
 def test_bootstrap_ci_and_correlations():
     values = np.array([1.0, 2.0, 3.0, 4.0, np.nan, 10.0])
-    low, high = attention.bootstrap_ci(values, np.random.default_rng(0), 500)
-    assert attention.bootstrap_ci(values, np.random.default_rng(0), 500) == (low, high)
+    low, high = attention.finite_mean_ci(values, np.random.default_rng(0), 500)
+    assert attention.finite_mean_ci(values, np.random.default_rng(0), 500) == (low, high)
     assert low < 4.0 < high
-    assert attention.bootstrap_ci(np.array([np.nan]), np.random.default_rng(0)) is None
+    assert attention.finite_mean_ci(np.array([np.nan]), np.random.default_rng(0)) is None
     x = np.arange(1.0, 9.0)
     monotone = attention.correlation(x, np.exp(x))
     assert monotone["n"] == 8 and monotone["spearman"] == pytest.approx(1.0) and monotone["pearson"] < 0.95

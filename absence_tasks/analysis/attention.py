@@ -55,10 +55,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.stats
 
 from absence_tasks.prompts import render_documents, render_prompt
 from absence_tasks.io import atomic_write, run_command
 from absence_tasks.schema import DOMAINS, DataError, Instance, atomic_write_text, iter_json_records
+from leaderboard.stats import bootstrap_ci
 
 MEASURES = ("flank", "omitted")
 MEASURE_DESCRIPTIONS = {
@@ -420,17 +422,15 @@ def ratios_from_masses(masses: np.ndarray) -> dict[str, np.ndarray]:
 
 # ---- statistics ----------------------------------------------------------------------------------------
 
-def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, n_resamples: int = 1000,
-                 level: float = CONFIDENCE_LEVEL) -> tuple[float, float] | None:
+def finite_mean_ci(values: np.ndarray, rng: np.random.Generator, n_resamples: int = 1000,
+                   level: float = CONFIDENCE_LEVEL) -> tuple[float, float] | None:
     """Percentile bootstrap CI of the mean over the finite values (None when there are none)."""
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return None
-    means = values[rng.integers(0, values.size, size=(n_resamples, values.size))].mean(axis=1)
-    tail = (1 - level) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
+    estimate = bootstrap_ci(values, n_resamples, level, seed=rng)
+    return estimate.ci_low, estimate.ci_high
 
 
 def _nanmean(values: np.ndarray, axis: Any = None) -> np.ndarray:
@@ -439,26 +439,16 @@ def _nanmean(values: np.ndarray, axis: Any = None) -> np.ndarray:
         return np.nanmean(values, axis=axis)
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    ranks = np.empty(values.size)
-    ranks[np.argsort(values, kind="stable")] = np.arange(1, values.size + 1)
-    _, group, counts = np.unique(values, return_inverse=True, return_counts=True)
-    return (np.bincount(group, weights=ranks) / counts)[group]
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return math.nan
-    return float(np.corrcoef(x, y)[0, 1])
-
-
 def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     """Pearson and Spearman correlation over the pairs where both are finite (NaN below 3 pairs or for a
-    constant variable)."""
+    constant variable, where scipy would only warn)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     both = np.isfinite(x) & np.isfinite(y)
     x, y = x[both], y[both]
-    return {"n": int(x.size), "pearson": _pearson(x, y), "spearman": _pearson(_average_ranks(x), _average_ranks(y))}
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"n": int(x.size), "pearson": math.nan, "spearman": math.nan}
+    return {"n": int(x.size), "pearson": float(scipy.stats.pearsonr(x, y).statistic),
+            "spearman": float(scipy.stats.spearmanr(x, y).statistic)}
 
 
 def summarize_measure(ratios: np.ndarray, rng: np.random.Generator, n_resamples: int) -> dict[str, Any]:
@@ -470,12 +460,12 @@ def summarize_measure(ratios: np.ndarray, rng: np.random.Generator, n_resamples:
         layer, head = np.unravel_index(int(np.nanargmax(mean_ratio)), mean_ratio.shape)
         head_values = ratios[:, layer, head]
         best_head = {"layer": int(layer), "head": int(head), "ratio": float(mean_ratio[layer, head]),
-                     "ci": bootstrap_ci(head_values, rng, n_resamples),
+                     "ci": finite_mean_ci(head_values, rng, n_resamples),
                      "n": int(np.isfinite(head_values).sum())}
     return {
         "mean_ratio": mean_ratio.tolist(),
         "best_head": best_head,
-        "mean_over_heads": {"ratio": float(_nanmean(per_instance)), "ci": bootstrap_ci(per_instance, rng, n_resamples),
+        "mean_over_heads": {"ratio": float(_nanmean(per_instance)), "ci": finite_mean_ci(per_instance, rng, n_resamples),
                             "n": int(np.isfinite(per_instance).sum())},
     }
 
