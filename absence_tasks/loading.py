@@ -123,4 +123,5 @@ def load_instances_for_task(domain: str, variant: str, **metadata: Any) -> list[
     if settings.source != "generated":
         raise DataError(f"unknown data source {settings.source!r} (expected 'generated' or 'hub')")
     return _generated(domain, variant, n=int(settings.n), seed=int(settings.seed), split=settings.split,
-                      preset=settings.preset, prs=settings.prs, git_repo=settings.git_repo, poems=settings.poems)
+                      preset=settings.preset, prs=settings.prs, git_repo=settings.git_repo,
+                      poems=settings.poems)

@@ -70,7 +70,7 @@ def test_installed_commands_work_from_another_directory(wheel, tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc.stdout
 
-    site = run(str(python), "-c", "import absence_tasks, task_configs, leaderboard, trainers; "
+    site = run(str(python), "-c", "import absence_tasks, task_configs, leaderboard, trainers, analysis.attention.cli, analysis.probe.cli; "
                                   "print(absence_tasks.__file__, task_configs.__file__)").split()
     assert all(Path(p).is_relative_to(env_dir) for p in site), site
     task_dir = Path(run(str(bin_dir / "absence-bench"), "task-path").strip())
