@@ -12,7 +12,8 @@ import sys
 
 from absence_tasks.io import run_command
 from absence_tasks.schema import DataError
-from leaderboard.publish import add_reported, compare, publish
+from leaderboard.compare import compare
+from leaderboard.publish import add_reported, publish
 from leaderboard.render import comparison_label, format_difference, format_estimate, format_p, render
 from leaderboard.schema import LeaderboardError, format_key, load, row_key
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leaderboard.publish import add_reported, checkpoint_sha256, compare, publish
+from leaderboard.compare import compare
+from leaderboard.publish import add_reported, checkpoint_sha256, publish
 from leaderboard.schema import OMISSION_TASKS, LeaderboardError, empty_leaderboard, load, save, validate
 from leaderboard.stats import average_ci, bootstrap_ci, paired_bootstrap, paired_bootstrap_average
 
@@ -260,10 +261,13 @@ def test_the_training_record_sidecar_is_read_without_torch_or_the_trainers(lm_ev
     # The card's block is stale here on purpose: the sidecar is the record the leaderboard reads.
     (checkpoint / "README.md").write_text("# card\n\n```json\n" + json.dumps({"method": "sft"}) + "\n```\n")
     board = tmp_path / "leaderboard.json"
-    script = (f"import json, sys; from leaderboard.publish import publish; "
-              f"(row,) = publish([{str(lm_eval_runs['absence-oracle'])!r}], {str(board)!r}, checkpoint={str(checkpoint)!r}); "
-              f"print(json.dumps({{'method': row['method'], 'training': row['training'], "
-              f"'loaded': sorted(m for m in ('torch', 'trl', 'trainers', 'lm_eval') if m in sys.modules)}}))")
+    script = "\n".join([
+        "import json, sys",
+        "from leaderboard.publish import publish",
+        f"(row,) = publish([{str(lm_eval_runs['absence-oracle'])!r}], {str(board)!r}, checkpoint={str(checkpoint)!r})",
+        "loaded = sorted(m for m in ('torch', 'trl', 'trainers', 'lm_eval') if m in sys.modules)",
+        "print(json.dumps({'method': row['method'], 'training': row['training'], 'loaded': loaded}))",
+    ])
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert proc.returncode == 0, proc.stderr
