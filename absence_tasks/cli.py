@@ -17,20 +17,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from absence_tasks.io import check_output, check_output_folder, run_command
+from absence_tasks.loading import load_instances
 from absence_tasks.schema import DOMAINS, SPLITS, VARIANTS, DataError, Instance, atomic_write_text, \
-    dumps_jsonl, iter_json_records, read_jsonl, write_jsonl
-
-
-def load_instances(path: str | Path, domain: str | None = None) -> list[Instance]:
-    """Our JSONL, or any upstream AbsenceBench JSONL (detected from the first record's fields)."""
-    first = next(iter_json_records(path), None)
-    if first is None:
-        raise DataError(f"{path}: no records in file")
-    if {"original_lines", "modified_lines", "domain", "variant"} & set(first[1]):
-        return read_jsonl(path)
-    from absence_tasks import upstream
-
-    return upstream.read_upstream(path, domain=domain)
+    dumps_jsonl, iter_json_records, write_jsonl
 
 
 def _config_from_args(args: argparse.Namespace, domain: str):

@@ -3,12 +3,7 @@
 The YAMLs' `utils.py` only re-exports names from here, so the logic lives in the package (tested,
 importable) and lm-eval's by-path import of `utils.py` stays trivial.
 
-Data for a task comes from, in order of precedence (all set with lm-eval's `--metadata` JSON):
-* `data_file`: one local JSONL — ours, or upstream AbsenceBench's (e.g. a held-out set);
-* `data_dir`:  a folder of `{domain}_{variant}_{split}.jsonl` files as `absence-bench generate-suite` writes;
-* `source: "hub"`: the official AbsenceBench data from the HF hub (needs a network);
-* otherwise a seeded test set generated from the embedded sources (`n`, `seed`, `split`, `preset`,
-  `prs`, `git_repo`, `poems` tune it), cached on disk after first use.
+Which instances a task evaluates (its `--metadata` switches) is `absence_tasks.loading`'s part.
 
 Generation budgets and context: lm-eval hands the tasks the model's `--model_args` too, so the
 tokenizer of `tokenizer=` or `pretrained=` sizes each instance's `max_gen_toks` in real tokens (without
@@ -23,45 +18,25 @@ reads). With `max_length` set they are skipped instead (`skipped_over_context`).
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from lm_eval.api.task import ConfigurableTask
 
+from absence_tasks.loading import load_instances_for_task
 from absence_tasks.prompts import render_answer, render_prompt, template_name
-from absence_tasks.schema import PLACEHOLDER, DataError, Instance, from_hf_dataset, read_jsonl, to_hf_dataset, \
-    write_jsonl
+from absence_tasks.schema import PLACEHOLDER, DataError, Instance, from_hf_dataset, to_hf_dataset
 from absence_tasks.scoring import score_response
-from absence_tasks.sources.prs import EMBEDDED_PRS
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 MIN_GEN_TOKS, MAX_GEN_TOKS, GEN_TOKS_STEP = 64, 4096, 64
 # Per answer line beyond its own tokens: the newline, a bullet or number, a spare token where the line's
 # edge tokenises differently in the answer than alone.
 TOKENS_PER_LINE_DECORATION = 4
 # A tokenizer's model_max_length above this is transformers' "no limit" placeholder, not a context size.
 NO_CONTEXT_LIMIT = 10**9
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("REVERSE_NEEDLE_CACHE") or Path.home() / ".cache" / "reverse-needle"
-    return Path(base) / "datasets"
-
-
-def _generator_fingerprint() -> str:
-    """Hash of the code and embedded data that make instances, so a cached test set is rebuilt when either
-    changes."""
-    h = hashlib.sha256()
-    for path in sorted([PACKAGE_DIR / "generate.py", PACKAGE_DIR / "schema.py", PACKAGE_DIR / "scoring.py",
-                        *(PACKAGE_DIR / "sources").glob("*.py"), *EMBEDDED_PRS.glob("*.jsonl.gz")]):
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 class TokenCounter:
@@ -140,59 +115,6 @@ def context_limit(model_args: dict[str, Any], counter: TokenCounter) -> int | No
             except (TypeError, ValueError):
                 raise DataError(f"{key} must be an integer number of tokens, got {value!r}") from None
     return counter.context
-
-
-def _check_kind(instances: list[Instance], domain: str, variant: str, where: str) -> list[Instance]:
-    wrong = [i for i in instances if (i.domain, i.variant) != (domain, variant)]
-    if wrong:
-        raise DataError(f"{where} holds {wrong[0].domain}/{wrong[0].variant} instances; "
-                        f"this task expects {domain}/{variant}")
-    return instances
-
-
-def _load_file(path: str | Path, domain: str, variant: str) -> list[Instance]:
-    from absence_tasks.cli import load_instances
-
-    return _check_kind(load_instances(path, domain), domain, variant, str(path))
-
-
-def _generated(domain: str, variant: str, *, n: int, seed: int, split: str, preset: str,
-               prs: str | None, git_repo: str | None, poems: str | None) -> list[Instance]:
-    from absence_tasks.generate import generate_instances
-
-    key = json.dumps({"domain": domain, "variant": variant, "n": n, "seed": seed, "split": split,
-                      "preset": preset, "prs": prs, "git_repo": git_repo, "poems": poems,
-                      "code": _generator_fingerprint()}, sort_keys=True)
-    path = cache_dir() / f"{domain}_{variant}_{split}_n{n}_s{seed}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.jsonl"
-    if path.is_file():
-        return read_jsonl(path)
-    instances = generate_instances(domain, variant, n, split, seed, preset=preset, prs_path=prs,
-                                   git_repo=git_repo, poems_path=poems)
-    write_jsonl(path, instances)
-    return instances
-
-
-def load_instances_for_task(domain: str, variant: str, *, data_file: str | None = None,
-                            data_dir: str | None = None, source: str = "generated", n: int = 100,
-                            seed: int = 0, split: str = "test", preset: str = "cpu", prs: str | None = None,
-                            git_repo: str | None = None, poems: str | None = None, **_lm_eval_keys: Any,
-                            ) -> list[Instance]:
-    """The instances one task evaluates (see the module docstring for the switches)."""
-    if data_file:
-        return _load_file(data_file, domain, variant)
-    if data_dir:
-        return _load_file(Path(data_dir) / f"{domain}_{variant}_{split}.jsonl", domain, variant)
-    if source == "hub":
-        from absence_tasks.upstream import load_hf_upstream
-
-        if variant != "omission":
-            raise DataError(f"the hub's AbsenceBench data has no {variant} variant for {domain}; "
-                            "use a data_file for it")
-        return load_hf_upstream(domain)
-    if source != "generated":
-        raise DataError(f"unknown data source {source!r} (expected 'generated' or 'hub')")
-    return _generated(domain, variant, n=int(n), seed=int(seed), split=split, preset=preset, prs=prs,
-                      git_repo=git_repo, poems=poems)
 
 
 def dataset_loader(domain: str, variant: str):

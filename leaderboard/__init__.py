@@ -8,7 +8,8 @@
 * `render(leaderboard_path, out_dir, screenshot=False)` – leaderboard.md, index.html, f1_by_domain.png.
 """
 
-from leaderboard.publish import add_reported, compare, publish
+from leaderboard.compare import compare
+from leaderboard.publish import add_reported, publish
 from leaderboard.render import render
 from leaderboard.schema import LeaderboardError, load, validate
 

@@ -12,7 +12,8 @@ import sys
 
 from absence_tasks.io import run_command
 from absence_tasks.schema import DataError
-from leaderboard.publish import add_reported, compare, publish
+from leaderboard.compare import compare
+from leaderboard.publish import add_reported, publish
 from leaderboard.render import comparison_label, format_difference, format_estimate, format_p, render
 from leaderboard.schema import LeaderboardError, format_key, load, row_key
 
@@ -75,11 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="+", metavar="RESULTS", help="results_*.json files or folders")
     p.add_argument("--out", required=True, metavar="LEADERBOARD", help="leaderboard JSON (created if missing)")
     p.add_argument("--method", choices=["zero-shot", "sft", "contrastive", "oracle"],
-                   help="default: the checkpoint's model card, else oracle for absence-oracle, else zero-shot")
+                   help="default: the checkpoint's training record, else oracle for absence-oracle, else zero-shot")
     p.add_argument("--model-name", help="default: the checkpoint folder's name (or lm-eval's model type)")
     p.add_argument("--checkpoint", metavar="DIR",
                    help="the scored checkpoint, when the results' pretrained= path does not resolve from here "
-                        "(for its weight hash and model card)")
+                        "(for its weight hash and training record)")
     p.add_argument("--allow-missing-samples", action="store_true",
                    help="take a run without samples files from its results alone (no CIs, no paired tests; "
                         "the row says so); without this flag, missing samples are an error")

@@ -1,4 +1,4 @@
-"""lm-eval outputs → leaderboard rows; the paper's reported rows; paired comparisons between rows.
+"""lm-eval outputs → leaderboard rows, and the paper's reported rows (paired comparisons: `compare`).
 
 `publish` reads lm-eval's `results_<date>.json` and the `samples_<task>_<date>.jsonl` files written beside
 it by `--log_samples`, and computes every score from the per-instance samples: mean F1 / precision /
@@ -8,9 +8,9 @@ resamples within each task, and the per-instance F1 the paired test needs. It id
 * the data (`suite`): a sha256 over the sorted (task, instance id, lm-eval doc_hash) triples, so two rows
   with the same suite id were scored on exactly the same instances;
 * the model: `--model-name`, or the checkpoint folder's name, or lm-eval's model type;
-* the weights (`checkpoint_sha256`) and training budget (`training`, from the Reverse Needle model card)
-  when `pretrained=` names a local folder (or `checkpoint=` names it);
-* the method: `method=`, or the model card's `method`, or `oracle` for the absence-oracle model, else
+* the weights (`checkpoint_sha256`) and training budget (`training`, from the Reverse Needle training
+  record) when `pretrained=` names a local folder (or `checkpoint=` names it);
+* the method: `method=`, or the training record's `method`, or `oracle` for the absence-oracle model, else
   `zero-shot`.
 
 A row replaces the row with the same model, method and suite id; comparisons made with the old row go.
@@ -20,7 +20,6 @@ Nothing is written unless every input is good (errors name the file, in one line
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import sys
@@ -32,11 +31,11 @@ from typing import Any
 from tqdm import tqdm
 
 from absence_tasks.io import check_output, locked
+from absence_tasks.loading import DataSettings
 from absence_tasks.schema import DataError, iter_json_records
 from leaderboard.reported import reported_rows
-from leaderboard.schema import (OMISSION_TASKS, LeaderboardError, format_key, key_dict, load, now_timestamp,
-                                row_key, save)
-from leaderboard.stats import average_ci, bootstrap_ci, paired_bootstrap, paired_bootstrap_average
+from leaderboard.schema import OMISSION_TASKS, LeaderboardError, format_key, load, row_key, save
+from leaderboard.stats import average_ci, bootstrap_ci
 
 METRICS = ("f1", "precision", "recall")
 # lm-eval keys every metric by "<metric>,<filter>"; the AbsenceBench tasks use no filter.
@@ -45,6 +44,10 @@ FILTER = "none"
 MEAN_TOLERANCE = 1e-9
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 ORACLE_BACKEND = "absence-oracle"
+# A trained model's folder: the trainers' model card and, beside it, its record as plain JSON (the same
+# dict as the card's JSON block), so reading it needs neither torch nor the trainers.
+MODEL_CARD = "README.md"
+TRAINING_RECORD = "training_record.json"
 
 
 # ---- reading lm-eval outputs -------------------------------------------------------------------
@@ -160,27 +163,18 @@ def suite_sha256(samples_by_task: dict[str, list[dict[str, Any]]]) -> str:
     return digest.hexdigest()
 
 
-def _data_settings(metadata: dict[str, Any]) -> dict[str, Any]:
-    """The `--metadata` keys that choose a task's data, with the defaults of the loader that reads them
-    (taken from its signature, so they cannot drift apart)."""
-    from absence_tasks.lm_eval_tasks import load_instances_for_task
-
-    parameters = inspect.signature(load_instances_for_task).parameters
-    return {name: metadata.get(name, p.default) for name, p in parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY}
-
-
 def describe_data(metadata: dict[str, Any]) -> str:
-    settings = _data_settings(metadata)
-    if settings["data_file"]:
-        return f"data_file {settings['data_file']}"
-    if settings["data_dir"]:
-        return f"data_dir {settings['data_dir']} (split {settings['split']})"
-    if settings["source"] == "hub":
+    settings = DataSettings.from_metadata(metadata)
+    if settings.data_file:
+        return f"data_file {settings.data_file}"
+    if settings.data_dir:
+        return f"data_dir {settings.data_dir} (split {settings.split})"
+    if settings.source == "hub":
         return "official AbsenceBench data from the HF hub"
-    extra = "".join(f", {k}={settings[k]}" for k in ("prs", "git_repo", "poems") if settings[k])
-    return (f"generated: n={settings['n']}, seed={settings['seed']}, split={settings['split']}, "
-            f"preset={settings['preset']}{extra}")
+    sources = {"prs": settings.prs, "git_repo": settings.git_repo, "poems": settings.poems}
+    extra = "".join(f", {name}={value}" for name, value in sources.items() if value)
+    return (f"generated: n={settings.n}, seed={settings.seed}, split={settings.split}, "
+            f"preset={settings.preset}{extra}")
 
 
 def suite_description(results: dict[str, Any], tasks: Sequence[str], counts: dict[str, int]) -> str:
@@ -215,28 +209,32 @@ def checkpoint_sha256(folder: Path) -> str | None:
     return digest.hexdigest()
 
 
-def model_card_record(folder: Path) -> dict[str, Any] | None:
-    """The record of a Reverse Needle model card (README.md with a JSON block), or None when the folder
-    has no such card (a base model's README is not one)."""
-    card = folder / "README.md"
-    if not card.is_file() or "```json\n" not in card.read_text(encoding="utf-8", errors="replace"):
+def training_record(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The training record of a Reverse Needle model and the file it came from, or None when the folder
+    has none (a base model's README is not a model card). The trainers write it as `training_record.json`
+    beside the model card; models saved before that carry it only in the card's JSON block."""
+    sidecar = folder / TRAINING_RECORD
+    if sidecar.is_file():
+        return sidecar, read_json_object(sidecar)
+    card = folder / MODEL_CARD
+    text = card.read_text(encoding="utf-8", errors="replace") if card.is_file() else ""
+    if "```json\n" not in text:
         return None
-    from trainers.card import read_model_card
-
+    block = text.split("```json\n", 1)[1].split("\n```", 1)[0]
     try:
-        record = read_model_card(folder)
-    except (ValueError, IndexError) as e:
+        record = json.loads(block)
+    except json.JSONDecodeError as e:
         raise LeaderboardError(f"{card}: unreadable model card record ({e})") from None
     if not isinstance(record, dict):
         raise LeaderboardError(f"{card}: the model card's record is not a JSON object")
-    return record
+    return card, record
 
 
-def training_budget(card: Path, record: dict[str, Any]) -> dict[str, Any]:
+def training_budget(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     compute = record.get("compute")
     if not isinstance(compute, dict) or not all(isinstance(compute.get(k), (int, float))
                                                 for k in ("tokens_trained", "flops")):
-        raise LeaderboardError(f"{card}: model card record has no compute.tokens_trained / compute.flops")
+        raise LeaderboardError(f"{path}: training record has no compute.tokens_trained / compute.flops")
     # The trainers' own clock (optimizer-step time summed over every session of a resumed run) when the
     # card has it; older cards only know the wall time of their last session.
     seconds = compute.get("train_seconds", record.get("wall_seconds_last_session"))
@@ -361,9 +359,9 @@ def build_row(results_path: Path, *, method: str | None = None, model_name: str 
     weights_sha, training, card_method = None, None, None
     if folder is not None:
         weights_sha = checkpoint_sha256(folder)
-        record = model_card_record(folder)
-        if record is not None:
-            training = training_budget(folder / "README.md", record)
+        if (found := training_record(folder)) is not None:
+            record_path, record = found
+            training = training_budget(record_path, record)
             card_method = record.get("method")
         default_name = folder.resolve().name
     else:
@@ -444,69 +442,3 @@ def add_reported(leaderboard_path: str | os.PathLike) -> list[dict[str, Any]]:
     with locked(leaderboard_path):
         save(leaderboard_path, merge_rows(load(leaderboard_path, missing_ok=True), rows))
     return rows
-
-
-# ---- paired comparisons ------------------------------------------------------------------------
-
-def select_row(doc: dict[str, Any], selector: str, where: str) -> dict[str, Any]:
-    """A row by `model`, `model@method` or `model@method@suite_id`; must be exactly one."""
-    parts = selector.split("@")
-    if not 1 <= len(parts) <= 3 or not all(parts):
-        raise LeaderboardError(f"{where}: bad row selector {selector!r} (model, model@method or model@method@suite)")
-    matches = [r for r in doc["rows"] if list(row_key(r)[:len(parts)]) == parts]
-    if not matches:
-        raise LeaderboardError(f"{where}: no row {selector!r}")
-    if len(matches) > 1:
-        names = ", ".join(format_key(row_key(r)) for r in matches)
-        raise LeaderboardError(f"{where}: {selector!r} matches {len(matches)} rows ({names}); name one as "
-                               f"model@method@suite")
-    row = matches[0]
-    if "per_instance" not in row:
-        what = "a reported row" if row["method"] == "reported" else "published without samples"
-        raise LeaderboardError(f"{where}: row {format_key(row_key(row))} has no per-instance scores ({what})")
-    return row
-
-
-def compare(leaderboard_path: str | os.PathLike, selector_a: str, selector_b: str, *, task: str | None = None,
-            n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
-    """Paired bootstrap of row A minus row B (one task, or the average over the omission tasks both have);
-    the result is stored in the leaderboard's `comparisons` (replacing an earlier one of the same pair)."""
-    check_output(leaderboard_path)
-    with locked(leaderboard_path):
-        return _compare_locked(leaderboard_path, selector_a, selector_b, task=task, n_resamples=n_resamples,
-                               confidence=confidence, seed=seed)
-
-
-def _compare_locked(leaderboard_path: str | os.PathLike, selector_a: str, selector_b: str, *, task: str | None,
-                    n_resamples: int, confidence: float, seed: int) -> dict[str, Any]:
-    where = str(leaderboard_path)
-    doc = load(leaderboard_path)
-    a, b = select_row(doc, selector_a, where), select_row(doc, selector_b, where)
-    if row_key(a) == row_key(b):
-        raise LeaderboardError(f"{where}: {selector_a!r} and {selector_b!r} are the same row")
-    try:
-        if task is None:
-            tasks = [t for t in OMISSION_TASKS if t in a["per_instance"] and t in b["per_instance"]]
-            if not tasks:
-                raise ValueError("the two rows share no omission task")
-            result = paired_bootstrap_average({t: a["per_instance"][t] for t in tasks},
-                                              {t: b["per_instance"][t] for t in tasks},
-                                              n_resamples=n_resamples, confidence=confidence, seed=seed)
-        else:
-            for row in (a, b):
-                if task not in row["per_instance"]:
-                    raise ValueError(f"row {format_key(row_key(row))} has no task {task}")
-            result = paired_bootstrap(a["per_instance"][task], b["per_instance"][task],
-                                      n_resamples=n_resamples, confidence=confidence, seed=seed)
-    except ValueError as e:
-        raise LeaderboardError(f"{where}: cannot compare {selector_a!r} with {selector_b!r}: {e}") from None
-    record = {
-        "row_a": key_dict(row_key(a)), "row_b": key_dict(row_key(b)), "task": task or "average",
-        "mean_difference": result.mean_difference, "ci_low": result.ci_low, "ci_high": result.ci_high,
-        "confidence": confidence, "n_instances": result.n, "p_value": result.p_value,
-        "n_resamples": n_resamples, "seed": seed, "date": now_timestamp(),
-    }
-    same = (record["row_a"], record["row_b"], record["task"])
-    kept = [c for c in doc.get("comparisons", []) if (c["row_a"], c["row_b"], c["task"]) != same]
-    save(leaderboard_path, {**doc, "comparisons": kept + [record]})
-    return record

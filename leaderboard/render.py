@@ -6,17 +6,23 @@ taken with headless Chromium.
 
 Measured rows and the paper's reported rows are never mixed: reported rows get a table of their own, and
 every measured row says which data suite it was scored on.
+
+The page and the Markdown come from the jinja2 templates in `templates/` (the page autoescaped); each
+table's columns are defined once here (`Table`) and both templates render them.
 """
 
 from __future__ import annotations
 
-import html
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
+
+import jinja2
 
 from absence_tasks.io import atomic_write_bytes, atomic_write_text, check_output_folder
 from leaderboard.reported import PAPER_COLUMNS, PAPER_SUITE
@@ -31,6 +37,8 @@ METHOD_COLORMAPS = {"oracle": "Greys", "zero-shot": "Blues", "sft": "Oranges", "
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 PAGE_WIDTH = 1400
 NO_VALUE = "—"
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+MARKDOWN_TEMPLATE, PAGE_TEMPLATE = "leaderboard.md.jinja", "page.html.jinja"
 
 
 # ---- choosing and formatting -------------------------------------------------------------------
@@ -134,218 +142,157 @@ def efficiency_series(doc: dict[str, Any]) -> dict[str, dict[str, list[tuple[int
     return series
 
 
-def efficiency_table(series: dict[str, list[tuple[int, dict[str, Any]]]]) -> tuple[list[str], list[list[str]]]:
-    """Header and body: one line per number of training instances, the average F1 of each method."""
-    methods = list(series)
-    sizes = sorted({n for points in series.values() for n, _ in points})
-    cell = {(method, n): format_estimate(row["average"]) for method, points in series.items() for n, row in points}
-    return (["training instances", *(f"{m} average F1" for m in methods)],
-            [[str(n), *(cell.get((m, n), NO_VALUE) for m in methods)] for n in sizes])
+# ---- tables: one column definition for the page and the Markdown ------------------------------
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    sort: str | float | None = None  # the page sorts by this; None sorts last
+    code: bool = False  # set in code in the Markdown (suite ids)
+    notes: tuple[str, ...] = ()  # the page only, as small lines under the text (the Markdown lists them below)
 
 
-# ---- Markdown ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    label: str
+    cell: Callable[[Any], Cell]  # the cell of one item (a row, a comparison, ...)
+    numeric: bool  # sorted as numbers (and its header right-aligned)
+    left_aligned: bool  # the cells, which are text even where the column sorts by a number
+    initial_sort: str | None = None  # the page's first sort ("descending"), shown on the header
 
-def _markdown_table(header: list[str], body: list[list[str]]) -> list[str]:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-    return [line(header), "|" + "|".join("---" for _ in header) + "|", *(line(r) for r in body)]
+
+def text_column(label: str, text: Callable[[Any], str]) -> Column:
+    return Column(label, lambda item: Cell(text(item), text(item)), numeric=False, left_aligned=True)
+
+
+def number_column(label: str, cell: Callable[[Any], Cell], *, left_aligned: bool = False,
+                  initial_sort: str | None = None) -> Column:
+    return Column(label, cell, numeric=True, left_aligned=left_aligned, initial_sort=initial_sort)
+
+
+@dataclass(frozen=True)
+class TableRow:
+    cells: tuple[Cell, ...]
+    key: str | None = None  # the page's data-row: model@method@suite
+    css_class: str | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    id: str
+    columns: list[Column]
+    rows: list[TableRow]
+
+
+def make_table(table_id: str, columns: list[Column], items: Iterable[Any],
+               key: Callable[[Any], str] | None = None, css_class: str | None = None) -> Table:
+    return Table(table_id, columns, [TableRow(tuple(c.cell(item) for c in columns), key and key(item), css_class)
+                                     for item in items])
+
+
+def _estimate_cell(estimate: dict[str, Any] | None) -> Cell:
+    return Cell(format_estimate(estimate), None if estimate is None else estimate["value"])
+
+
+def _f1_column(label: str, task: str) -> Column:
+    return number_column(f"{label} F1", lambda row: _estimate_cell(_f1(row, task)))
+
+
+def _average_column() -> Column:
+    return number_column("Average F1", lambda row: _estimate_cell(row["average"]), initial_sort="descending")
+
+
+def _training_cell(training: dict[str, Any] | None) -> Cell:
+    return Cell(format_training(training), None if training is None else training["flops"])
+
+
+def measured_table(rows: list[dict[str, Any]]) -> Table:
+    rank = {row_key(row): k for k, row in enumerate(rows, 1)}  # a row's key is unique in a leaderboard
+
+    def suite_cell(row: dict[str, Any]) -> Cell:
+        suite = row["suite"]
+        return Cell(suite["id"], suite["id"], code=True, notes=(suite["description"], *row.get("notes", [])))
+
+    columns = [
+        number_column("#", lambda row: Cell(str(rank[row_key(row)]), rank[row_key(row)])),
+        text_column("Model", lambda row: row["model"]),
+        text_column("Method", lambda row: row["method"]),
+        *(_f1_column(task_label(t), t) for t in task_columns(rows)),
+        _average_column(),
+        Column("Data suite", suite_cell, numeric=False, left_aligned=True),
+        number_column("Training", lambda row: _training_cell(row["training"]), left_aligned=True),
+        text_column("Backend", lambda row: row["backend"]),
+    ]
+    return make_table("measured", columns, rows, key=lambda row: format_key(row_key(row)))
+
+
+def reported_table(rows: list[dict[str, Any]]) -> Table:
+    columns = [text_column("Model", lambda row: row["model"]),
+               *(_f1_column(paper_task_label(t), t) for t in OMISSION_TASKS if t in PAPER_COLUMNS),
+               _average_column()]
+    return make_table("reported", columns, rows, key=lambda row: format_key(row_key(row)), css_class="reported")
+
+
+def comparisons_table(comparisons: list[dict[str, Any]]) -> Table:
+    columns = [text_column("A", lambda c: comparison_label(c, "row_a")),
+               text_column("B", lambda c: comparison_label(c, "row_b")),
+               text_column("Task", lambda c: c["task"]),
+               number_column("A − B, F1 points [95% CI]", lambda c: Cell(format_difference(c), c["mean_difference"])),
+               number_column("n", lambda c: Cell(str(c["n_instances"]), c["n_instances"])),
+               number_column("p", lambda c: Cell(format_p(c), c["p_value"]))]
+    return make_table("comparisons", columns, comparisons)
+
+
+def efficiency_table(series: dict[str, list[tuple[int, dict[str, Any]]]]) -> Table:
+    """One line per number of training instances, the average F1 of each method."""
+    averages = {(method, n): row["average"] for method, points in series.items() for n, row in points}
+
+    def method_column(method: str) -> Column:
+        return number_column(f"{method} average F1", lambda n: _estimate_cell(averages.get((method, n))))
+
+    columns = [number_column("training instances", lambda n: Cell(str(n), n)), *map(method_column, series)]
+    return make_table("data-efficiency", columns, sorted({n for points in series.values() for n, _ in points}))
+
+
+# ---- Markdown and HTML, from the templates -----------------------------------------------------
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+@cache
+def _templates() -> jinja2.Environment:
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), undefined=jinja2.StrictUndefined,
+                                     autoescape=lambda name: name is not None and name.endswith(".html.jinja"),
+                                     trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    environment.filters["md_cell"] = _markdown_cell
+    return environment
+
+
+def _context(doc: dict[str, Any]) -> dict[str, Any]:
+    """What both templates show: the tables (None when there is nothing to show) and the texts around them."""
+    measured, reported = measured_rows(doc), paper_rows(doc)
+    return {
+        "updated": doc["updated"],
+        "omission_tasks": [task_label(t) for t in OMISSION_TASKS],
+        "measured": measured_table(measured) if measured else None,
+        "suites": [suite for _, suite in sorted({row["suite"]["id"]: row["suite"] for row in measured}.items())],
+        "notes": [(row["model"], row["method"], note) for row in measured for note in row.get("notes", [])],
+        "efficiency_tables": [(suite, efficiency_table(series)) for suite, series in efficiency_series(doc).items()],
+        "comparisons": comparisons_table(doc["comparisons"]) if doc.get("comparisons") else None,
+        "reported": reported_table(reported) if reported else None,
+        "reported_source": reported[0]["source"] if reported else None,
+        "paper_suite": PAPER_SUITE["description"],
+        "chart_name": CHART_NAME, "curve_name": CURVE_NAME,
+    }
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    measured, reported = measured_rows(doc), paper_rows(doc)
-    lines = ["# Reverse Needle leaderboard", "",
-             f"Updated {doc['updated']}. F1 in % (mean of per-instance F1) with 95% percentile-bootstrap CIs; "
-             f"average = mean F1 of the omission tasks present ({', '.join(map(task_label, OMISSION_TASKS))}).",
-             "", "## Measured", ""]
-    if measured:
-        tasks = task_columns(measured)
-        header = ["#", "model", "method", *map(task_label, tasks), "average", "suite", "training", "backend"]
-        body = [[str(rank), row["model"], row["method"], *(format_estimate(_f1(row, t)) for t in tasks),
-                 format_estimate(row["average"]), f"`{row['suite']['id']}`", format_training(row["training"]),
-                 row["backend"]] for rank, row in enumerate(measured, 1)]
-        lines += _markdown_table(header, body)
-        suites = {row["suite"]["id"]: row["suite"] for row in measured}
-        lines += ["", "Suites (the data each row was scored on; the same id means the same instances):", ""]
-        lines += [f"- `{sid}`: {suite['description']}" for sid, suite in sorted(suites.items())]
-        notes = [f"- {row['model']} ({row['method']}): {note}" for row in measured for note in row.get("notes", [])]
-        if notes:
-            lines += ["", "Notes:", "", *notes]
-    else:
-        lines.append("No measured rows yet.")
-    for suite, series in efficiency_series(doc).items():
-        lines += ["", f"## Data efficiency (suite `{suite}`)", "",
-                  "Average F1 against the training instances each model saw; 0 is the untrained base model.", ""]
-        lines += _markdown_table(*efficiency_table(series))
-    if doc.get("comparisons"):
-        lines += ["", "## Paired comparisons", "",
-                  "Paired bootstrap over the instances both rows scored: A − B in F1 points, 95% CI, "
-                  "two-sided p from the share of resamples crossing 0.", ""]
-        lines += _markdown_table(
-            ["A", "B", "task", "A − B [CI]", "n", "p"],
-            [[comparison_label(c, "row_a"), comparison_label(c, "row_b"), c["task"], format_difference(c),
-              str(c["n_instances"]), format_p(c)] for c in doc["comparisons"]])
-    if reported:
-        lines += ["", "## Reported by the AbsenceBench paper", "",
-                  f"Not measured here: copied from the paper, scored on {PAPER_SUITE['description']}, not on "
-                  f"our suites, so not comparable with the rows above. F1 in %; * = reasoning mode.", ""]
-        tasks = [t for t in OMISSION_TASKS if t in PAPER_COLUMNS]
-        lines += _markdown_table(
-            ["model", *map(paper_task_label, tasks), "average"],
-            [[row["model"], *(format_estimate(_f1(row, t)) for t in tasks), format_estimate(row["average"])]
-             for row in reported])
-        lines += ["", f"Source: {reported[0]['source']}."]
-    return "\n".join(lines) + "\n"
-
-
-# ---- HTML --------------------------------------------------------------------------------------
-
-PAGE_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1400px; }
-table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; vertical-align: top;
-         white-space: nowrap; }
-td.text, th.text { text-align: left; white-space: normal; }
-th { background: #f0f0f0; cursor: pointer; user-select: none; white-space: nowrap; }
-th[aria-sort="ascending"]::after { content: " ▲"; }
-th[aria-sort="descending"]::after { content: " ▼"; }
-td small { color: #666; display: block; max-width: 28rem; text-align: left; }
-.reported { background: #fbf7ec; }
-figure img { max-width: 100%; border: 1px solid #ddd; }
-"""
-
-SORT_SCRIPT = """
-function sortTable(table, header, column) {
-  const ascending = header.getAttribute("aria-sort") !== "ascending";
-  table.querySelectorAll("th").forEach(h => h.removeAttribute("aria-sort"));
-  header.setAttribute("aria-sort", ascending ? "ascending" : "descending");
-  const numeric = header.dataset.type === "number";
-  const body = table.tBodies[0];
-  const rows = Array.from(body.rows);
-  rows.sort((a, b) => {
-    const x = a.cells[column].dataset.sort, y = b.cells[column].dataset.sort;
-    if (x === "" || y === "") return (x === "") - (y === "");  // rows without a value stay last
-    const order = numeric ? Number(x) - Number(y) : x.localeCompare(y);
-    return ascending ? order : -order;
-  });
-  rows.forEach(row => body.appendChild(row));
-}
-document.querySelectorAll("table.sortable").forEach(table => {
-  table.querySelectorAll("th").forEach((header, column) => {
-    header.tabIndex = 0;
-    header.title = "click to sort";
-    header.addEventListener("click", () => sortTable(table, header, column));
-    header.addEventListener("keydown", e => { if (e.key === "Enter") sortTable(table, header, column); });
-  });
-});
-"""
-
-
-def _cell(text: str, sort_key: str | float | None, *, is_text: bool = False, extra: str = "") -> str:
-    key = "" if sort_key is None else str(sort_key)
-    css = ' class="text"' if is_text else ""
-    return f'<td{css} data-sort="{html.escape(key)}">{html.escape(text)}{extra}</td>'
-
-
-def _header(label: str, *, numeric: bool, sort: str | None = None) -> str:
-    css = "" if numeric else ' class="text"'
-    aria = f' aria-sort="{sort}"' if sort else ""
-    return f'<th{css} data-type="{"number" if numeric else "text"}"{aria}>{html.escape(label)}</th>'
-
-
-def _value(estimate: dict[str, Any] | None) -> float | None:
-    return None if estimate is None else estimate["value"]
-
-
-def _measured_table(rows: list[dict[str, Any]]) -> str:
-    tasks = task_columns(rows)
-    headers = [_header("#", numeric=True), _header("Model", numeric=False), _header("Method", numeric=False),
-               *(_header(f"{task_label(t)} F1", numeric=True) for t in tasks),
-               _header("Average F1", numeric=True, sort="descending"), _header("Data suite", numeric=False),
-               _header("Training", numeric=True), _header("Backend", numeric=False)]
-    body = []
-    for rank, row in enumerate(rows, 1):
-        suite = row["suite"]
-        notes = "".join(f"<small>{html.escape(n)}</small>" for n in row.get("notes", []))
-        suite_note = f"<small>{html.escape(suite['description'])}</small>{notes}"
-        training = row["training"]
-        cells = [_cell(str(rank), rank), _cell(row["model"], row["model"], is_text=True),
-                 _cell(row["method"], row["method"], is_text=True),
-                 *(_cell(format_estimate(_f1(row, t)), _value(_f1(row, t))) for t in tasks),
-                 _cell(format_estimate(row["average"]), _value(row["average"])),
-                 _cell(suite["id"], suite["id"], is_text=True, extra=suite_note),
-                 _cell(format_training(training), None if training is None else training["flops"], is_text=True),
-                 _cell(row["backend"], row["backend"], is_text=True)]
-        body.append(f'<tr data-row="{html.escape(format_key(row_key(row)))}">{"".join(cells)}</tr>')
-    return (f'<table id="measured" class="sortable"><thead><tr>{"".join(headers)}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
-
-
-def _reported_table(rows: list[dict[str, Any]]) -> str:
-    tasks = [t for t in OMISSION_TASKS if t in PAPER_COLUMNS]
-    headers = [_header("Model", numeric=False), *(_header(f"{paper_task_label(t)} F1", numeric=True) for t in tasks),
-               _header("Average F1", numeric=True, sort="descending")]
-    body = [f'<tr class="reported" data-row="{html.escape(format_key(row_key(row)))}">'
-            + _cell(row["model"], row["model"], is_text=True)
-            + "".join(_cell(format_estimate(_f1(row, t)), _value(_f1(row, t))) for t in tasks)
-            + _cell(format_estimate(row["average"]), _value(row["average"])) + "</tr>" for row in rows]
-    return (f'<table id="reported" class="sortable"><thead><tr>{"".join(headers)}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
-
-
-def _comparisons_table(comparisons: list[dict[str, Any]]) -> str:
-    headers = [_header("A", numeric=False), _header("B", numeric=False), _header("Task", numeric=False),
-               _header("A − B, F1 points [95% CI]", numeric=True), _header("n", numeric=True),
-               _header("p", numeric=True)]
-    body = ["<tr>" + _cell(comparison_label(c, "row_a"), comparison_label(c, "row_a"), is_text=True)
-            + _cell(comparison_label(c, "row_b"), comparison_label(c, "row_b"), is_text=True)
-            + _cell(c["task"], c["task"], is_text=True) + _cell(format_difference(c), c["mean_difference"])
-            + _cell(str(c["n_instances"]), c["n_instances"]) + _cell(format_p(c), c["p_value"]) + "</tr>"
-            for c in comparisons]
-    return (f'<table id="comparisons" class="sortable"><thead><tr>{"".join(headers)}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+    return _templates().get_template(MARKDOWN_TEMPLATE).render(_context(doc))
 
 
 def html_page(doc: dict[str, Any]) -> str:
-    measured, reported = measured_rows(doc), paper_rows(doc)
-    parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-             "<title>Reverse Needle leaderboard</title>", f"<style>{PAGE_STYLE}</style></head><body>",
-             "<h1>Reverse Needle leaderboard</h1>",
-             f"<p>Updated {html.escape(doc['updated'])}. F1 in % (mean of per-instance F1) with 95% "
-             f"percentile-bootstrap CIs; average = mean F1 of the omission tasks present. Click a column header "
-             f"to sort. Rows with different data suites were scored on different instances.</p>",
-             "<h2>Measured</h2>"]
-    if measured:
-        parts.append(_measured_table(measured))
-    else:
-        parts.append("<p>No measured rows yet.</p>")
-    parts.append(f'<figure><img id="chart" src="{CHART_NAME}" alt="F1 by domain with 95% CIs, measured rows '
-                 f'grouped by method"><figcaption>F1 by domain, measured rows grouped by method; whiskers are '
-                 f'95% bootstrap CIs.</figcaption></figure>')
-    for suite, series in efficiency_series(doc).items():
-        header, body = efficiency_table(series)
-        parts += [f"<h2>Data efficiency (suite {html.escape(suite)})</h2>",
-                  "<p>Average F1 against the training instances each model saw; 0 is the untrained base "
-                  "model.</p>",
-                  '<table id="data-efficiency" class="sortable"><thead><tr>'
-                  + "".join(_header(h, numeric=True) for h in header) + "</tr></thead><tbody>"
-                  + "".join("<tr>" + "".join(_cell(c, c.split(" ")[0] if c != NO_VALUE else None) for c in line)
-                            + "</tr>" for line in body) + "</tbody></table>"]
-    if efficiency_series(doc):
-        parts.append(f'<figure><img id="curve" src="{CURVE_NAME}" alt="average F1 against training instances, '
-                     f'SFT and contrastive"><figcaption>Data efficiency: average F1 against training instances; '
-                     f'whiskers are 95% bootstrap CIs.</figcaption></figure>')
-    if doc.get("comparisons"):
-        parts += ["<h2>Paired comparisons</h2>",
-                  "<p>Paired bootstrap over the instances both rows scored (A − B); p is the two-sided share of "
-                  "resamples crossing 0.</p>", _comparisons_table(doc["comparisons"])]
-    if reported:
-        parts += ["<h2>Reported by the AbsenceBench paper</h2>",
-                  f"<p>Not measured here: copied from the paper and scored on "
-                  f"{html.escape(PAPER_SUITE['description'])}, not on our suites, so not comparable with the "
-                  f"measured rows. * = reasoning mode. Source: {html.escape(reported[0]['source'])}.</p>",
-                  _reported_table(reported)]
-    parts += [f"<script>{SORT_SCRIPT}</script>", "</body></html>"]
-    return "\n".join(parts) + "\n"
+    return _templates().get_template(PAGE_TEMPLATE).render(_context(doc))
 
 
 # ---- chart -------------------------------------------------------------------------------------

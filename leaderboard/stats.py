@@ -1,4 +1,5 @@
-"""Bootstrap statistics for the leaderboard: pure functions, each with its own seeded numpy Generator.
+"""Bootstrap statistics for the leaderboard (and the analysis): pure functions, each with its own seeded
+numpy Generator; scipy.stats.bootstrap draws the resamples.
 
 * `bootstrap_ci`      – percentile CI of a mean (one task's per-instance scores);
 * `average_ci`        – CI of the average of several task means (upstream's "Average" over domains),
@@ -14,9 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import scipy.stats
 
-# Resampled index matrices are built in chunks of at most this many entries, so a large task cannot
-# exhaust memory (10,000 resamples × 1,000 instances would otherwise be 80 MB at once).
+# Resamples are drawn in batches of at most this many entries, so a large task cannot exhaust memory
+# (10,000 resamples × 1,000 instances would otherwise be 80 MB at once).
 MAX_CHUNK_ENTRIES = 2_000_000
 
 
@@ -58,14 +60,14 @@ def _check_settings(n_resamples: int, confidence: float) -> None:
 
 
 def resampled_means(rng: np.random.Generator, values: np.ndarray, n_resamples: int) -> np.ndarray:
-    """Means of `n_resamples` samples drawn with replacement from `values`, each as large as `values`."""
-    n = values.size
-    rows_per_chunk = max(1, MAX_CHUNK_ENTRIES // n)
-    means = np.empty(n_resamples)
-    for start in range(0, n_resamples, rows_per_chunk):
-        stop = min(n_resamples, start + rows_per_chunk)
-        means[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
-    return means
+    """Means of `n_resamples` samples drawn with replacement from `values`, each as large as `values`
+    (scipy.stats.bootstrap's distribution; the interval is taken from it by `_interval`)."""
+    if values.size == 1:  # scipy wants two observations; every resample of one value is that value
+        return np.full(n_resamples, float(values[0]))
+    result = scipy.stats.bootstrap((values,), np.mean, n_resamples=n_resamples, method="percentile",
+                                   batch=max(1, MAX_CHUNK_ENTRIES // values.size), vectorized=True, axis=-1,
+                                   rng=rng)
+    return result.bootstrap_distribution
 
 
 def _interval(resampled: np.ndarray, confidence: float, lowest: float, highest: float) -> tuple[float, float]:
@@ -77,8 +79,9 @@ def _interval(resampled: np.ndarray, confidence: float, lowest: float, highest: 
 
 
 def bootstrap_ci(values: Sequence[float], n_resamples: int = 10_000, confidence: float = 0.95,
-                 seed: int = 0) -> Estimate:
-    """Mean of `values` with a percentile bootstrap CI."""
+                 seed: int | np.random.Generator = 0) -> Estimate:
+    """Mean of `values` with a percentile bootstrap CI. `seed` may be a Generator, which then draws on
+    from where it is (the attention analysis takes several intervals from one stream)."""
     _check_settings(n_resamples, confidence)
     scores = _as_scores(values, "bootstrap_ci")
     lowest, highest = float(scores.min()), float(scores.max())

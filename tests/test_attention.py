@@ -10,10 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from absence_tasks.analysis import attention
 from absence_tasks.generate import default_config, generate_instances
-from absence_tasks.prompts import render_documents
+from absence_tasks.prompts import render_documents, render_prompt
 from absence_tasks.schema import DOMAINS, PLACEHOLDER, VARIANTS, Instance, write_jsonl
+from analysis import common
+from analysis.attention import cli as attention_cli
+from analysis.attention import measure, positions
+from trainers.data import document_char_spans
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Short documents keep the model runs fast; the mapping logic does not depend on length.
@@ -37,7 +40,7 @@ def tokenizer(tiny_llama_dir):
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_llama_dir):
-    return attention.load_model(tiny_llama_dir)
+    return common.load_model(tiny_llama_dir)
 
 
 def _instance(variant, original, modified, omitted=(), inserted=(), metadata=None, domain="poetry"):
@@ -52,9 +55,9 @@ def test_uniform_attention_gives_ratio_one_for_every_layer_head_and_query():
     n_keys = 300
     region = np.arange(40, 260)
     target = np.array([50, 51, 120, 200])
-    draws = attention.draw_baseline_positions(region, target, 16, rng)
+    draws = measure.draw_baseline_positions(region, target, 16, rng)
     rows = np.full((2, 4, 3, n_keys), 1.0 / n_keys)
-    ratio = attention.gap_attention_ratio(rows, target, draws)
+    ratio = measure.gap_attention_ratio(rows, target, draws)
     assert ratio.shape == (2, 4, 3)
     np.testing.assert_allclose(ratio, 1.0, atol=1e-9)
 
@@ -63,14 +66,14 @@ def test_attention_concentrated_on_the_gap_gives_a_large_ratio_and_avoiding_it_z
     rng = np.random.default_rng(1)
     n_keys, target = 300, np.array([50, 51, 120, 200])
     region = np.arange(40, 260)
-    draws = attention.draw_baseline_positions(region, target, 16, rng)
+    draws = measure.draw_baseline_positions(region, target, 16, rng)
     focused = np.full(n_keys, 0.2 / n_keys)
     focused[target] += 0.8 / len(target)
     avoiding = np.full(n_keys, 1.0 / (n_keys - len(target)))
     avoiding[target] = 0.0
     elsewhere = np.zeros(n_keys)
     elsewhere[0] = 1.0  # all mass outside the document: no baseline to compare with
-    ratios = attention.gap_attention_ratio(np.stack([focused, avoiding, elsewhere]), target, draws)
+    ratios = measure.gap_attention_ratio(np.stack([focused, avoiding, elsewhere]), target, draws)
     assert ratios[0] > 100
     assert ratios[1] == 0.0
     assert np.isnan(ratios[2])
@@ -78,59 +81,60 @@ def test_attention_concentrated_on_the_gap_gives_a_large_ratio_and_avoiding_it_z
 
 def test_baseline_draws_are_seeded_sized_like_the_target_and_avoid_it():
     region, target = np.arange(10, 60), np.array([12, 30, 31])
-    draws = attention.draw_baseline_positions(region, target, 8, np.random.default_rng(5))
-    again = attention.draw_baseline_positions(region, target, 8, np.random.default_rng(5))
-    other = attention.draw_baseline_positions(region, target, 8, np.random.default_rng(6))
+    draws = measure.draw_baseline_positions(region, target, 8, np.random.default_rng(5))
+    again = measure.draw_baseline_positions(region, target, 8, np.random.default_rng(5))
+    other = measure.draw_baseline_positions(region, target, 8, np.random.default_rng(6))
     assert draws.shape == (8, 3)
     np.testing.assert_array_equal(draws, again)
     assert not np.array_equal(draws, other)
     for draw in draws:
         assert len(set(draw)) == 3 and set(draw) <= set(region) - set(target)
     # A region with too few other positions falls back to the whole region.
-    small = attention.draw_baseline_positions(np.arange(4), np.array([0, 1, 2]), 3, np.random.default_rng(0))
+    small = measure.draw_baseline_positions(np.arange(4), np.array([0, 1, 2]), 3, np.random.default_rng(0))
     assert small.shape == (3, 3) and set(small.ravel()) <= {0, 1, 2, 3}
-    assert attention.draw_baseline_positions(region, np.array([], dtype=int), 4, np.random.default_rng(0)).size == 0
+    assert measure.draw_baseline_positions(region, np.array([], dtype=int), 4, np.random.default_rng(0)).size == 0
 
 
 def test_bootstrap_ci_and_correlations():
     values = np.array([1.0, 2.0, 3.0, 4.0, np.nan, 10.0])
-    low, high = attention.bootstrap_ci(values, np.random.default_rng(0), 500)
-    assert attention.bootstrap_ci(values, np.random.default_rng(0), 500) == (low, high)
+    low, high = measure.finite_mean_ci(values, np.random.default_rng(0), 500)
+    assert measure.finite_mean_ci(values, np.random.default_rng(0), 500) == (low, high)
     assert low < 4.0 < high
-    assert attention.bootstrap_ci(np.array([np.nan]), np.random.default_rng(0)) is None
+    assert measure.finite_mean_ci(np.array([np.nan]), np.random.default_rng(0)) is None
     x = np.arange(1.0, 9.0)
-    monotone = attention.correlation(x, np.exp(x))
+    monotone = measure.correlation(x, np.exp(x))
     assert monotone["n"] == 8 and monotone["spearman"] == pytest.approx(1.0) and monotone["pearson"] < 0.95
-    tied = attention.correlation([1, 2, 2, 3, np.nan], [1, 3, 2, 4, 5])
+    tied = measure.correlation([1, 2, 2, 3, np.nan], [1, 3, 2, 4, 5])
     assert tied["n"] == 4 and 0 < tied["spearman"] < 1
-    assert np.isnan(attention.correlation([1, 1, 1, 1], [1, 2, 3, 4])["pearson"])
+    assert np.isnan(measure.correlation([1, 1, 1, 1], [1, 2, 3, 4])["pearson"])
 
 
 # ---- where the gaps are --------------------------------------------------------------------------------
 
 def test_find_gaps_on_hand_built_instances():
     omission = _instance("omission", ["a", "b", "", "c", "d", "e", "f"], ["b", "", "d", "f"], omitted=[0, 3, 5])
-    assert attention.find_gaps(omission) == [
-        attention.Gap(before=None, after=0, placeholders=(), absent=(0,)),
-        attention.Gap(before=0, after=2, placeholders=(), absent=(3,)),  # the blank line is skipped
-        attention.Gap(before=2, after=3, placeholders=(), absent=(5,)),
+    assert positions.find_gaps(omission) == [
+        positions.Gap(before=None, after=0, placeholders=(), absent=(0,)),
+        positions.Gap(before=0, after=2, placeholders=(), absent=(3,)),  # the blank line is skipped
+        positions.Gap(before=2, after=3, placeholders=(), absent=(5,)),
     ]
     run = _instance("omission", ["a", "b", "c", "d"], ["a", "d"], omitted=[1, 2])
-    assert attention.find_gaps(run) == [attention.Gap(before=0, after=1, placeholders=(), absent=(1, 2))]
+    assert positions.find_gaps(run) == [positions.Gap(before=0, after=1, placeholders=(), absent=(1, 2))]
     placeholder = _instance("placeholder", ["a", "b", "c"], ["a", PLACEHOLDER, "c"], omitted=[1])
-    assert attention.find_gaps(placeholder) == [attention.Gap(before=0, after=2, placeholders=(1,), absent=(1,))]
+    assert positions.find_gaps(placeholder) == [positions.Gap(before=0, after=2, placeholders=(1,), absent=(1,))]
     needle = _instance("needle", ["a", "b", "c"], ["a", "X", "b", "c", "Y"], inserted=[1, 4])
-    assert attention.find_gaps(needle) == [attention.Gap(before=0, after=1, placeholders=(), absent=(1,)),
-                                           attention.Gap(before=2, after=None, placeholders=(), absent=(4,))]
+    assert positions.find_gaps(needle) == [positions.Gap(before=0, after=1, placeholders=(), absent=(1,)),
+                                           positions.Gap(before=2, after=None, placeholders=(), absent=(4,))]
     dropped = _instance("omission", ["a", "b", "c", "d"], ["a", "d"], omitted=[2],
                         metadata={"dropped_context_indices": [1]}, domain="github_prs")
-    assert attention.find_gaps(dropped) == [attention.Gap(before=0, after=1, placeholders=(), absent=(2,))]
+    assert positions.find_gaps(dropped) == [positions.Gap(before=0, after=1, placeholders=(), absent=(2,))]
 
 
 def test_document_spans_are_not_fooled_by_a_document_that_also_occurs_in_the_instructions():
     # The one-line recitation "Now" also starts the sentence that introduces it.
     instance = _instance("omission", ["Now", "here"], ["Now"], omitted=[1])
-    prompt, original_span, modified_span = attention.document_spans(instance)
+    prompt = render_prompt(instance)
+    original_span, modified_span = document_char_spans(instance)
     assert prompt[slice(*original_span)] == "Now\nhere" and prompt[slice(*modified_span)] == "Now"
     assert prompt.find("Now", original_span[1]) < modified_span[0]  # a text search would pick the wrong one
     sentinel = "\x00modified\x00"
@@ -144,10 +148,10 @@ def test_document_spans_are_not_fooled_by_a_document_that_also_occurs_in_the_ins
 def test_gap_tokens_decode_to_the_lines_around_the_gap_and_to_the_missing_line(
         instances_by_kind, tokenizer, domain, variant, use_chat_template):
     for instance in instances_by_kind[(domain, variant)]:
-        where = attention.gap_positions(instance, tokenizer, use_chat_template)
+        where = positions.gap_positions(instance, tokenizer, use_chat_template)
         ids = where.input_ids
         gap_lines = instance.original_lines if variant == "needle" else instance.modified_lines
-        gaps = attention.find_gaps(instance)
+        gaps = positions.find_gaps(instance)
         assert where.n_gaps == len(gaps) >= 1
         assert set(where.flank) <= set(where.gap_region) and set(where.omitted) <= set(where.present_region)
         assert not set(where.gap_region) & set(where.present_region)
@@ -179,12 +183,12 @@ def test_chunked_answer_attention_equals_a_full_forward_pass(model_and_tokenizer
 
     model, tokenizer = model_and_tokenizer
     instance = instances_by_kind[("poetry", "omission")][0]
-    where = attention.gap_positions(instance, tokenizer)
-    weights = attention.measure_weights(where, 8, attention.instance_rng(0, instance.id))
+    where = positions.gap_positions(instance, tokenizer)
+    weights = measure.measure_weights(where, 8, measure.instance_rng(0, instance.id))
     n_prompt = len(where.input_ids)
     assert weights.shape == (n_prompt, 4)
 
-    result = attention.answer_attention(model, where.input_ids, weights, strip_positions=where.gap_region,
+    result = measure.answer_attention(model, where.input_ids, weights, strip_positions=where.gap_region,
                                         max_new_tokens=3, prefill_chunk=37)
     # The shared tiny checkpoint's shape may change; only its layer x head grid matters here.
     grid = (model.config.num_hidden_layers, model.config.num_attention_heads)
@@ -202,7 +206,7 @@ def test_chunked_answer_attention_equals_a_full_forward_pass(model_and_tokenizer
     np.testing.assert_allclose(result.masses, (rows @ weights).mean(axis=2), rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(result.strip, rows[..., where.gap_region].mean(axis=1).mean(axis=1),
                                rtol=1e-4, atol=1e-8)
-    ratios = attention.ratios_from_masses(result.masses)
+    ratios = measure.ratios_from_masses(result.masses)
     assert set(ratios) == {"flank", "omitted"} and all(r.shape == grid for r in ratios.values())
     assert all(np.isfinite(r).all() for r in ratios.values())
 
@@ -231,7 +235,7 @@ def test_cli_end_to_end_writes_summary_figures_and_comparison(tiny_llama_dir, cl
             "--scores", str(scores), "--baseline-draws", "8", "--bootstrap", "200", "--strips", "1"]
     runs = [tmp_path / "run-a", tmp_path / "run-b"]
     for out in runs:
-        assert attention.main(args + ["--out", str(out)]) == 0
+        assert attention_cli.main(args + ["--out", str(out)]) == 0
     capsys.readouterr()
 
     summary_bytes = (runs[0] / "summary.json").read_bytes()
@@ -264,7 +268,7 @@ def test_cli_end_to_end_writes_summary_figures_and_comparison(tiny_llama_dir, cl
     assert all((runs[0] / f).read_bytes().startswith(b"\x89PNG") for f in files if f.endswith(".png"))
 
     compared = tmp_path / "compared"
-    assert attention.main(["--compare", *map(str, runs), "--out", str(compared)]) == 0
+    assert attention_cli.main(["--compare", *map(str, runs), "--out", str(compared)]) == 0
     assert (compared / "comparison.png").read_bytes().startswith(b"\x89PNG")
     table = json.loads((compared / "comparison.json").read_text())
     assert [run["label"] for run in table["runs"]] == [tiny_llama_dir.name] * 2
@@ -273,7 +277,7 @@ def test_cli_end_to_end_writes_summary_figures_and_comparison(tiny_llama_dir, cl
 def test_cli_bad_model_path_exits_2_with_one_line_and_no_output(cli_data, tmp_path):
     out = tmp_path / "out"
     missing = tmp_path / "no-such-model"
-    proc = subprocess.run([sys.executable, "-m", "absence_tasks.analysis.attention", "--model", str(missing),
+    proc = subprocess.run([sys.executable, "-m", "analysis.attention", "--model", str(missing),
                            "--data", str(cli_data), "--out", str(out)],
                           capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
     assert proc.returncode == 2
@@ -295,9 +299,9 @@ def test_cli_bad_inputs_exit_2_with_one_line_and_no_output(tiny_llama_dir, cli_d
         (["--model", str(tiny_llama_dir), "--data", str(cli_data), "--scores", str(bad_scores)], f"{bad_scores}:1"),
     ]
     for args, named in cases:
-        assert attention.main(args + ["--out", str(out)]) == 2
+        assert attention_cli.main(args + ["--out", str(out)]) == 2
         assert named in _one_error_line(capsys.readouterr().err)
         assert not out.exists()
-    assert attention.main(["--compare", str(tmp_path), "--out", str(out)]) == 2
+    assert attention_cli.main(["--compare", str(tmp_path), "--out", str(out)]) == 2
     assert "summary.json" in _one_error_line(capsys.readouterr().err)
     assert not out.exists()

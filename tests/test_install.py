@@ -1,5 +1,5 @@
 """A plain, non-editable install carries everything the commands need: the wheel holds the tasks, the
-prompts, the embedded PR records with their licences and the leaderboard schema (and no results), and
+prompts, the embedded PR records with their licences, the leaderboard schema and page templates (and no results), and
 the installed commands work from a directory that is not the checkout."""
 
 import json
@@ -39,7 +39,8 @@ def test_the_wheel_holds_the_package_data_and_no_results(wheel):
     for name in ("task_configs/_absence_default.yaml", "task_configs/absencebench.yaml", "task_configs/utils.py",
                  "absence_tasks/prompts/_base.jinja", "absence_tasks/sources/data/prs/NOTICE",
                  "absence_tasks/sources/data/prs/trl.jsonl.gz", "absence_tasks/sources/data/prs/licenses/spf13__cobra.txt",
-                 "leaderboard/schema.json"):
+                 "leaderboard/schema.json", "leaderboard/templates/page.html.jinja",
+                 "leaderboard/templates/leaderboard.md.jinja"):
         assert name in names, name
     assert sum(n.startswith("task_configs/absence") and n.endswith(".yaml") for n in names) == 12
     assert sum(n.endswith(".jsonl.gz") for n in names) == 5
@@ -69,7 +70,7 @@ def test_installed_commands_work_from_another_directory(wheel, tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc.stdout
 
-    site = run(str(python), "-c", "import absence_tasks, task_configs, leaderboard, trainers; "
+    site = run(str(python), "-c", "import absence_tasks, task_configs, leaderboard, trainers, analysis.attention.cli, analysis.probe.cli; "
                                   "print(absence_tasks.__file__, task_configs.__file__)").split()
     assert all(Path(p).is_relative_to(env_dir) for p in site), site
     task_dir = Path(run(str(bin_dir / "absence-bench"), "task-path").strip())

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leaderboard.publish import add_reported, checkpoint_sha256, compare, publish
+from leaderboard.compare import compare
+from leaderboard.publish import add_reported, checkpoint_sha256, publish
 from leaderboard.schema import OMISSION_TASKS, LeaderboardError, empty_leaderboard, load, save, validate
 from leaderboard.stats import average_ci, bootstrap_ci, paired_bootstrap, paired_bootstrap_average
 
@@ -248,6 +249,35 @@ def test_training_budget_method_and_weight_hash_come_from_the_checkpoint(lm_eval
     assert checkpoint_sha256(checkpoint) == first_hash
     (checkpoint / "model.safetensors").write_bytes(b"weights v2")
     assert checkpoint_sha256(checkpoint) != first_hash
+
+
+def test_the_training_record_sidecar_is_read_without_torch_or_the_trainers(lm_eval_runs, tmp_path):
+    checkpoint = tmp_path / "my-contrastive-model"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    record = {"method": "contrastive", "compute": {"instances_trained": 8, "tokens_trained": 99, "flops": 1e9,
+                                                   "train_seconds": 3.5}}
+    (checkpoint / "training_record.json").write_text(json.dumps(record))
+    # The card's block is stale here on purpose: the sidecar is the record the leaderboard reads.
+    (checkpoint / "README.md").write_text("# card\n\n```json\n" + json.dumps({"method": "sft"}) + "\n```\n")
+    board = tmp_path / "leaderboard.json"
+    script = "\n".join([
+        "import json, sys",
+        "from leaderboard.publish import publish",
+        f"(row,) = publish([{str(lm_eval_runs['absence-oracle'])!r}], {str(board)!r}, checkpoint={str(checkpoint)!r})",
+        "loaded = sorted(m for m in ('torch', 'trl', 'trainers', 'lm_eval') if m in sys.modules)",
+        "print(json.dumps({'method': row['method'], 'training': row['training'], 'loaded': loaded}))",
+    ])
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result == {"method": "contrastive", "loaded": [],
+                      "training": {"instances": 8, "tokens": 99, "flops": 1e9, "wall_seconds": 3.5}}
+
+    (checkpoint / "training_record.json").write_text("[1, 2]")
+    with pytest.raises(LeaderboardError, match="training_record.json: expected a JSON object"):
+        publish([lm_eval_runs["absence-oracle"]], board, checkpoint=checkpoint)
 
 
 def test_reported_rows_are_the_papers_fractions_without_intervals(tmp_path):

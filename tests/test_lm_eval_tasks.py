@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from absence_tasks.generate import generate_instances
-from absence_tasks.lm_eval_tasks import (BYTES, generation_budget, load_instances_for_task, micro_f1_aggregation,
-                                         token_counter)
+from absence_tasks.lm_eval_tasks import BYTES, generation_budget, micro_f1_aggregation, token_counter
+from absence_tasks.loading import load_instances_for_task
 from absence_tasks.schema import DataError, Instance, write_jsonl
 from absence_tasks.scoring import oracle_answer
 

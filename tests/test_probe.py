@@ -12,9 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from absence_tasks.analysis import attention, probe
 from absence_tasks.generate import default_config, generate_instances
 from absence_tasks.schema import DOMAINS, PLACEHOLDER, Instance, write_jsonl
+from analysis import common
+from analysis.attention import positions
+from analysis.probe import classifier, features
+from analysis.probe import cli as probe_cli
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHORT = {domain: replace(default_config(domain), min_lines=10, max_lines=30) for domain in DOMAINS}
@@ -33,7 +36,7 @@ def mixed_instances() -> list[Instance]:
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_llama_dir):
-    return attention.load_model(tiny_llama_dir)
+    return common.load_model(tiny_llama_dir)
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +62,13 @@ def test_rows_labels_and_spans_of_a_hand_built_omission(model_and_tokenizer):
     original = ["alpha line", "bravo line", "", "charlie line", "delta line", "echo line", "foxtrot line"]
     # Missing: "alpha line" (before the first line), "delta line" (after a blank), "foxtrot line" (at the end).
     instance = _instance("omission", original, ["bravo line", "", "charlie line", "echo line"], omitted=[0, 4, 6])
-    tokenized = attention.tokenize_prompt(instance, tokenizer)
-    rows = probe.line_queries(instance, tokenized)
+    tokenized = positions.tokenize_prompt(instance, tokenizer)
+    rows = features.line_queries(instance, tokenized)
 
     assert rows.line_indices.tolist() == [0, 2, 3]          # the blank line has no tokens and is not a row
     assert rows.labels.tolist() == [True, False, True]
     assert rows.n_trailing_gaps == 1                          # "foxtrot line" has no line after it
-    assert rows.spans.shape == (3, len(probe.SPAN_COLUMNS), 2)
+    assert rows.spans.shape == (3, len(features.SPAN_COLUMNS), 2)
     first_tokens = [tokenizer.decode([tokenized.input_ids[p]]) for p in rows.positions]
     assert all(word.startswith(t.strip()) and t.strip() for t, word in zip(first_tokens, ["bravo", "charlie", "echo"]))
     matching = [_span_text(tokenizer, tokenized, span) for span in rows.spans[:, 1]]
@@ -81,13 +84,13 @@ def test_rows_labels_and_spans_of_a_hand_built_omission(model_and_tokenizer):
 def test_placeholder_rows_mark_the_placeholder_line_and_needles_are_refused(model_and_tokenizer):
     _, tokenizer = model_and_tokenizer
     instance = _instance("placeholder", ["a one", "b two", "c three"], ["a one", PLACEHOLDER, "c three"], omitted=[1])
-    tokenized = attention.tokenize_prompt(instance, tokenizer)
-    rows = probe.line_queries(instance, tokenized)
+    tokenized = positions.tokenize_prompt(instance, tokenizer)
+    rows = features.line_queries(instance, tokenized)
     assert rows.line_indices.tolist() == [0, 1, 2] and rows.labels.tolist() == [False, True, False]
     assert _span_text(tokenizer, tokenized, rows.spans[1, 1]) == "b two"   # the line the marker stands for
     needle = Instance("n", "poetry", "needle", "test", ("a", "b"), ("a", "X", "b"), (), (1,), {})
     with pytest.raises(ValueError, match="needle"):
-        probe.line_queries(needle, attention.tokenize_prompt(needle, tokenizer))
+        features.line_queries(needle, positions.tokenize_prompt(needle, tokenizer))
 
 
 def test_statistics_from_masses_and_the_lookback_ratio():
@@ -96,8 +99,8 @@ def test_statistics_from_masses_and_the_lookback_ratio():
     masses[0, 0, 0] = [0.4, 0.1, 0.05, 0.5]    # per token: original 0.02, recitation 0.1
     masses[0, 0, 1] = [0.8, 0.0, 0.0, 0.0]     # only the original
     masses[0, 0, 2] = [0.0, 0.0, 0.0, 0.0]     # all mass elsewhere (the chat template): no preference
-    statistics = probe.statistics_from_masses(masses, spans)
-    assert statistics.shape == (1, 1, 3, len(probe.STATISTICS))
+    statistics = features.statistics_from_masses(masses, spans)
+    assert statistics.shape == (1, 1, 3, len(features.STATISTICS))
     np.testing.assert_allclose(statistics[0, 0, 0], [0.4, 0.1, 0.05, 0.02 / 0.12])
     np.testing.assert_allclose(statistics[0, 0, 1, 3], 1.0)
     np.testing.assert_allclose(statistics[0, 0, 2, 3], 0.5)
@@ -111,12 +114,12 @@ def test_hooked_features_equal_a_full_forward_pass_and_have_the_documented_shape
 
     model, tokenizer = model_and_tokenizer
     instance = poetry_instances[0]
-    tokenized = attention.tokenize_prompt(instance, tokenizer)
-    rows = probe.line_queries(instance, tokenized)
+    tokenized = positions.tokenize_prompt(instance, tokenizer)
+    rows = features.line_queries(instance, tokenized)
     n, grid = len(rows.positions), (model.config.num_hidden_layers, model.config.num_attention_heads)
     assert n == sum(bool(line.strip()) for line in instance.modified_lines) and rows.labels.any()
-    found = probe.line_features(model, tokenized.input_ids, rows, hidden_layers=[0, grid[0]], prefill_chunk=29)
-    assert found.masses.shape == (n, *grid, len(probe.SPAN_COLUMNS))
+    found = features.line_features(model, tokenized.input_ids, rows, hidden_layers=[0, grid[0]], prefill_chunk=29)
+    assert found.masses.shape == (n, *grid, len(features.SPAN_COLUMNS))
     assert set(found.hidden) == {0, grid[0]} and all(h.shape == (n, model.config.hidden_size)
                                                      for h in found.hidden.values())
 
@@ -130,8 +133,8 @@ def test_hooked_features_equal_a_full_forward_pass_and_have_the_documented_shape
     for layer, states in found.hidden.items():
         np.testing.assert_allclose(states, full.hidden_states[layer][0, rows.positions].double().numpy(),
                                    rtol=1e-4, atol=1e-5)
-    statistics = probe.statistics_from_masses(found.masses, rows.spans)
-    assert statistics.shape == (n, *grid, len(probe.STATISTICS))
+    statistics = features.statistics_from_masses(found.masses, rows.spans)
+    assert statistics.shape == (n, *grid, len(features.STATISTICS))
     assert ((statistics[..., :3] >= 0) & (statistics[..., :3] <= 1 + 1e-6)).all()
     assert ((statistics[..., 3] > 0) & (statistics[..., 3] < 1)).all()
     # Where no line is missing, the matching and the expected-next line are the same tokens.
@@ -144,7 +147,7 @@ def _settings(**overrides) -> Namespace:
     return Namespace(**({"C": 1.0, "folds": 5, "seed": 0, "bootstrap": 200} | overrides))
 
 
-def _rows_from_attention(instances, tokenizer, attend, seed=0) -> probe.Rows:
+def _rows_from_attention(instances, tokenizer, attend, seed=0) -> classifier.Rows:
     """Rows whose attention is drawn by hand: random (Dirichlet) rows for every head of a 2 x 2 grid, and
     `attend(head_rows, row)` may overwrite head (1, 0); reduced by the same functions as the model's."""
     import torch
@@ -152,20 +155,20 @@ def _rows_from_attention(instances, tokenizer, attend, seed=0) -> probe.Rows:
     rng = np.random.default_rng(seed)
     statistics, labels, groups = [], [], []
     for number, instance in enumerate(instances):
-        rows = probe.line_queries(instance, attention.tokenize_prompt(instance, tokenizer))
+        rows = features.line_queries(instance, positions.tokenize_prompt(instance, tokenizer))
         n_keys = int(rows.positions.max()) + 1
         weights = rng.dirichlet(np.ones(n_keys), size=(2, 2, len(rows.positions)))     # [layers, heads, n, keys]
         for r, query in enumerate(rows.positions):
             weights[:, :, r, query + 1:] = 0.0   # causal: no query sees a later key
             weights[:, :, r] /= weights[:, :, r].sum(axis=-1, keepdims=True)
             attend(weights[1, 0, r], rows, r)
-        masses = np.stack([probe.span_masses(torch.from_numpy(weights[layer]), torch.from_numpy(rows.spans)).numpy()
+        masses = np.stack([features.span_masses(torch.from_numpy(weights[layer]), torch.from_numpy(rows.spans)).numpy()
                            for layer in range(2)], axis=1)                           # [n, layers, heads, 4]
-        statistics.append(probe.statistics_from_masses(masses, rows.spans))
+        statistics.append(features.statistics_from_masses(masses, rows.spans))
         labels.append(rows.labels)
         groups.append(np.full(len(rows.labels), number))
     labels = np.concatenate(labels)
-    return probe.Rows(statistics=np.concatenate(statistics), hidden={}, position=np.zeros((len(labels), 2)),
+    return classifier.Rows(statistics=np.concatenate(statistics), hidden={}, position=np.zeros((len(labels), 2)),
                       labels=labels, groups=np.concatenate(groups), domains=np.full(len(labels), "poetry"))
 
 
@@ -186,17 +189,17 @@ def test_a_head_that_attends_only_to_the_gap_gives_auroc_one_and_random_attentio
     synthetic = _rows_from_attention(poetry_instances, tokenizer, gap_head)
     random = _rows_from_attention(poetry_instances, tokenizer, lambda row, rows, r: None)
     assert synthetic.labels.sum() >= 20 and (~synthetic.labels).sum() >= 200
-    folds = probe.grouped_folds(synthetic.groups, 5)
+    folds = classifier.grouped_folds(synthetic.groups, 5)
     for feature_set in ("attention", "label_free"):
-        found = probe.evaluate_feature_set(synthetic, feature_set, folds, _settings(), "synthetic")["overall"]
+        found = classifier.evaluate_feature_set(synthetic, feature_set, folds, _settings(), "synthetic")["overall"]
         assert found["auroc"] > 0.99 and found["average_precision"] > 0.95, (feature_set, found)
-        chance = probe.evaluate_feature_set(random, feature_set, folds, _settings(), "random")["overall"]
+        chance = classifier.evaluate_feature_set(random, feature_set, folds, _settings(), "random")["overall"]
         assert abs(chance["auroc"] - 0.5) < 0.12, (feature_set, chance)
         assert chance["auroc_ci"][0] < 0.5 < chance["auroc_ci"][1]
         assert chance["average_precision"] < 3 * chance["base_rate"]
     # The probe's largest coefficient is the synthetic head's mass on the original document.
-    fitted = probe.fit_probe(synthetic.features("attention"), synthetic.labels, 1.0)
-    best = probe.top_heads(fitted[-1].coef_[0].reshape(2, 2, len(probe.STATISTICS)), 3)
+    fitted = classifier.fit_probe(synthetic.features("attention"), synthetic.labels, 1.0)
+    best = classifier.top_heads(fitted[-1].coef_[0].reshape(2, 2, len(features.STATISTICS)), 3)
     assert best[0]["layer"] == 1 and best[0]["head"] == 0
     assert abs(best[0]["coefficient"]) >= abs(best[1]["coefficient"]) >= abs(best[2]["coefficient"])
 
@@ -205,22 +208,22 @@ def test_the_probe_on_a_random_model_reads_no_gaps(model_and_tokenizer, poetry_i
     model, tokenizer = model_and_tokenizer
     statistics, labels, groups, position = [], [], [], []
     for number, instance in enumerate(poetry_instances):
-        tokenized = attention.tokenize_prompt(instance, tokenizer)
-        rows = probe.line_queries(instance, tokenized)
-        found = probe.line_features(model, tokenized.input_ids, rows)
-        statistics.append(probe.statistics_from_masses(found.masses, rows.spans))
-        position.append(probe.position_features(instance, rows))
+        tokenized = positions.tokenize_prompt(instance, tokenizer)
+        rows = features.line_queries(instance, tokenized)
+        found = features.line_features(model, tokenized.input_ids, rows)
+        statistics.append(features.statistics_from_masses(found.masses, rows.spans))
+        position.append(classifier.position_features(instance, rows))
         labels.append(rows.labels)
         groups.append(np.full(len(rows.labels), number))
     labels = np.concatenate(labels)
-    rows = probe.Rows(statistics=np.concatenate(statistics), hidden={}, position=np.concatenate(position),
+    rows = classifier.Rows(statistics=np.concatenate(statistics), hidden={}, position=np.concatenate(position),
                       labels=labels, groups=np.concatenate(groups), domains=np.full(len(labels), "poetry"))
-    folds = probe.grouped_folds(rows.groups, 5)
+    folds = classifier.grouped_folds(rows.groups, 5)
     # A random Llama's attention is mostly a function of position, and a linear probe on position alone
     # lands below 0.5 on these 24 poems (the line-position/gap relation is not linear and its fitted sign
     # flips between folds), so "reads no gaps" means: no better than chance and no better than position.
     for feature_set in ("attention", "label_free", "position"):
-        found = probe.evaluate_feature_set(rows, feature_set, folds, _settings(), "random")["overall"]
+        found = classifier.evaluate_feature_set(rows, feature_set, folds, _settings(), "random")["overall"]
         assert found["auroc"] < 0.6 and found["auroc_ci"][0] < 0.5, (feature_set, found)
         assert found["average_precision"] < 2 * found["base_rate"], (feature_set, found)
 
@@ -228,29 +231,29 @@ def test_the_probe_on_a_random_model_reads_no_gaps(model_and_tokenizer, poetry_i
 def test_the_grouped_split_never_puts_an_instance_in_two_folds():
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(23), rng.integers(1, 40, size=23))
-    folds = probe.grouped_folds(groups, 5)
+    folds = classifier.grouped_folds(groups, 5)
     assert len(folds) == 5
     tested = np.concatenate([test for _, test in folds])
     assert sorted(tested.tolist()) == list(range(len(groups)))                 # each row tested exactly once
     for train, test in folds:
         assert not set(groups[train]) & set(groups[test])
         assert set(groups[train]) | set(groups[test]) == set(range(23))
-    assert len(probe.grouped_folds(np.array([0, 0, 1, 1]), 5)) == 2            # never more folds than instances
+    assert len(classifier.grouped_folds(np.array([0, 0, 1, 1]), 5)) == 2            # never more folds than instances
     with pytest.raises(ValueError, match="at least 2 instances"):
-        probe.grouped_folds(np.zeros(5, dtype=int), 5)
+        classifier.grouped_folds(np.zeros(5, dtype=int), 5)
 
 
 def test_bootstrap_metrics_are_seeded_and_resample_instances():
     labels = np.array([0, 1, 0, 0, 1, 0, 1, 0, 0, 0], dtype=bool)
     scores = np.array([0.1, 0.9, 0.3, 0.2, 0.4, 0.5, 0.8, 0.0, 0.35, 0.6])
     groups = np.repeat(np.arange(5), 2)
-    first = probe.bootstrap_metrics(labels, scores, groups, np.random.default_rng(7), 300)
-    assert first == probe.bootstrap_metrics(labels, scores, groups, np.random.default_rng(7), 300)
+    first = classifier.bootstrap_metrics(labels, scores, groups, np.random.default_rng(7), 300)
+    assert first == classifier.bootstrap_metrics(labels, scores, groups, np.random.default_rng(7), 300)
     from sklearn.metrics import roc_auc_score
     assert first["auroc"] == roc_auc_score(labels, scores) and first["n_instances"] == 5 and first["n_gaps"] == 3
     assert first["auroc_ci"][0] <= first["auroc"] <= first["auroc_ci"][1] <= 1.0
     assert 0 < first["bootstrap_resamples_used"] <= 300
-    one_class = probe.bootstrap_metrics(np.zeros(4, dtype=bool), np.arange(4.0), np.arange(4), np.random.default_rng(0), 50)
+    one_class = classifier.bootstrap_metrics(np.zeros(4, dtype=bool), np.arange(4.0), np.arange(4), np.random.default_rng(0), 50)
     assert one_class["auroc"] is None and one_class["base_rate"] == 0.0
 
 
@@ -280,9 +283,9 @@ def test_cli_end_to_end_with_two_models(tiny_llama_dir, second_tiny_llama_dir, m
     out = tmp_path / "out"
     args = ["--models", f"a={tiny_llama_dir}", f"b={second_tiny_llama_dir}", "--data", str(data), "--out", str(out),
             "--hidden-layer", "1", "--bootstrap", "20", "--folds", "3", "--top-heads", "5"]
-    assert probe.main(args) == 0
+    assert probe_cli.main(args) == 0
     first_bytes = (out / "summary.json").read_bytes()
-    assert probe.main(args) == 0
+    assert probe_cli.main(args) == 0
     assert (out / "summary.json").read_bytes() == first_bytes          # same seed, same bytes
     assert "AUROC" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["auroc.png", "coefficients.png", "summary.json"]
@@ -299,7 +302,7 @@ def test_cli_end_to_end_with_two_models(tiny_llama_dir, second_tiny_llama_dir, m
         result = summary["results"][label]
         assert list(result["feature_sets"]) == ["attention", "label_free", "hidden_1", "position"]
         attention_set = result["feature_sets"]["attention"]
-        assert attention_set["n_features"] == 2 * 2 * len(probe.STATISTICS)
+        assert attention_set["n_features"] == 2 * 2 * len(features.STATISTICS)
         assert result["feature_sets"]["hidden_1"]["n_features"] == 128
         assert result["feature_sets"]["position"]["n_features"] == 2
         assert list(attention_set["per_domain"]) == list(DOMAINS)
@@ -341,12 +344,12 @@ def test_cli_bad_model_or_data_exits_2_with_one_line_and_no_output(tiny_llama_di
         (["--model", str(tiny_llama_dir), "--data", str(good), "--hidden-layer", "3"], "2 layers"),
     ]
     for args, named in cases:
-        assert probe.main(args + ["--out", str(out)]) == 2, args
+        assert probe_cli.main(args + ["--out", str(out)]) == 2, args
         assert named in _one_error_line(capsys.readouterr().err), args
         assert not out.exists()
     # The same through the module's own entry point, as the README runs it.
     missing = tmp_path / "no-such-model"
-    command = [sys.executable, "-m", "absence_tasks.analysis.probe", "--model", str(missing), "--data", str(good),
+    command = [sys.executable, "-m", "analysis.probe", "--model", str(missing), "--data", str(good),
                "--out", str(out)]
     finished = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
     assert (finished.returncode, not out.exists()) == (2, True)

@@ -1,0 +1,5 @@
+import sys
+
+from analysis.attention.cli import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from analysis.probe.cli import main
+
+sys.exit(main())
