@@ -240,6 +240,8 @@ def training_budget(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     seconds = compute.get("train_seconds", record.get("wall_seconds_last_session"))
     budget = {"tokens": int(compute["tokens_trained"]), "flops": float(compute["flops"]),
               "wall_seconds": float(seconds) if isinstance(seconds, (int, float)) else None}
+    if isinstance(record.get("global_step"), int):
+        budget["optimizer_steps"] = record["global_step"]
     if isinstance(compute.get("instances_trained"), int):  # cards from before it was counted have none
         budget["instances"] = compute["instances_trained"]
     return budget

@@ -1,7 +1,7 @@
 """Leaderboard file → `leaderboard.md`, a static `index.html` (sortable tables, vanilla JS, no network) and
 `f1_by_domain.png` (per-domain F1 of the measured rows with CI whiskers); when the leaderboard holds a
 data-efficiency series (one method trained on two or more numbers of instances, as `python -m
-leaderboard.curve` publishes), `data_efficiency.png` and its table; optionally `screenshot.png` of the page
+study.curve` publishes), `data_efficiency.png` and its table; optionally `screenshot.png` of the page
 taken with headless Chromium.
 
 Measured rows and the paper's reported rows are never mixed: reported rows get a table of their own, and
@@ -96,6 +96,8 @@ def format_training(training: dict[str, Any] | None) -> str:
     text = f"{training['tokens']:,} tokens, {training['flops']:.3g} FLOPs"
     if "instances" in training:
         text = f"{training['instances']:,} instances, " + text
+    if "optimizer_steps" in training:
+        text = f"{training['optimizer_steps']:,} steps, " + text
     if training["wall_seconds"] is not None:
         text += f", {training['wall_seconds'] / 60:.1f} min"
     return text

@@ -9,5 +9,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-python -m leaderboard.experiment --train-minutes "${TRAIN_MINUTES:-3}" --n-eval "${N_EVAL:-20}" \
+python -m study.experiment --train-minutes "${TRAIN_MINUTES:-3}" --n-eval "${N_EVAL:-20}" \
     --n-eval-placeholder "${N_EVAL_PLACEHOLDER:-0}" --out "${OUT:-runs/quick}"

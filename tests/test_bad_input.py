@@ -23,7 +23,7 @@ from absence_tasks.schema import write_jsonl
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ["absence-bench"]
 LEADERBOARD = [sys.executable, "-m", "leaderboard"]
-EXPERIMENT = [sys.executable, "-m", "leaderboard.experiment"]
+EXPERIMENT = [sys.executable, "-m", "study.experiment"]
 LM_EVAL = ["absence-lm-eval", "--include_path", str(ROOT / "task_configs"), "--model", "absence-oracle"]
 PROGRAMS = {"absence-bench": BENCH, "leaderboard": LEADERBOARD, "experiment": EXPERIMENT,
             "absence-lm-eval": LM_EVAL}

@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 from absence_tasks.schema import read_jsonl
-from leaderboard.experiment import DOMAINS
+from study.experiment import DOMAINS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _curve_command(model: Path, out: Path, *sizes: str) -> list[str]:
-    return [sys.executable, "-m", "leaderboard.curve", "--model", str(model), "--out", str(out), "--backend", "hf",
+    return [sys.executable, "-m", "study.curve", "--model", str(model), "--out", str(out), "--backend", "hf",
             "--sizes", *sizes, "--n-eval", "1", "--", "--max_length", "4096"]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from leaderboard.experiment import PLANNED_INSTANCES_PER_SECOND, make_plan
+from study.experiment import PLANNED_INSTANCES_PER_SECOND, make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +29,7 @@ def test_a_plan_trains_for_the_time_asked_and_evaluates_on_top(minutes):
 
 
 def _study_command(model: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "leaderboard.experiment", "--model", str(model), "--out", str(out),
+    return [sys.executable, "-m", "study.experiment", "--model", str(model), "--out", str(out),
             "--backend", "hf", "--n-eval", "1", "--n-eval-placeholder", "1", "--train-minutes", "0.2", "--",
             "--gradient_accumulation_steps", "1", "--save_steps", "1", "--max_length", "3000",
             "--curve_instances_per_domain", "1"]
@@ -72,6 +72,8 @@ def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, tmp_
     assert oracle["average"]["value"] == 1.0
     assert board["comparisons"], "the contrastive-vs-SFT paired test is missing"
     assert {row["model"] for row in board["rows"] if row["method"] == "sft"} == {"tiny-llama-sft"}
+    sft_row = next(row for row in board["rows"] if row["method"] == "sft")
+    assert sft_row["training"]["optimizer_steps"] == sft["global_step"]
     page = out / "page"
     assert (page / "index.html").is_file() and (page / "f1_by_domain.png").stat().st_size > 0
     # The trainers' learning curves (start and end of each run, on the validation split), plotted.
@@ -86,7 +88,7 @@ def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, tmp_
 
 def test_bad_model_path_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "study"
-    result = subprocess.run([sys.executable, "-m", "leaderboard.experiment", "--model", str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "study.experiment", "--model", str(tmp_path),
                              "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "config.json" in result.stderr
@@ -96,7 +98,7 @@ def test_bad_model_path_is_one_line_and_writes_nothing(tmp_path):
 def test_a_plan_binds_only_once_its_study_has_finished_a_stage(tmp_path):
     import argparse
 
-    from leaderboard.experiment import StudyError, load_or_make_plan
+    from study.experiment import StudyError, load_or_make_plan
 
     def args(minutes: float) -> argparse.Namespace:
         return argparse.Namespace(train_minutes=minutes, backend="hf", seed=0, n_eval=100, n_eval_placeholder=30,

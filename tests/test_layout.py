@@ -12,8 +12,6 @@ PACKAGES = ("absence_tasks", "task_configs", "trainers", "leaderboard", "analysi
 # Above it in the list, yet not to be imported: the leaderboard reads a model's training record as
 # plain JSON, so publishing a row needs neither torch nor TRL.
 FORBIDDEN = {"leaderboard": {"trainers"}}
-# The study's files, which still sit in the leaderboard and move to study/: they run the trainers.
-NOT_YET_MOVED = {"leaderboard/experiment.py", "leaderboard/curve.py"}
 MAX_LINES = 500
 LONGER_THAN_MAX = {
     # Reading and writing upstream AbsenceBench's three JSONL formats and its hub data, one converter per
@@ -48,8 +46,6 @@ def import_violations(root: Path = ROOT) -> list[str]:
     for path in modules(root):
         where = path.relative_to(root).as_posix()
         package = where.split("/")[0]
-        if where in NOT_YET_MOVED:
-            continue
         allowed = set(PACKAGES[:PACKAGES.index(package) + 1]) - FORBIDDEN.get(package, set())
         for imported, line in imported_packages(path).items():
             if imported in PACKAGES and imported not in allowed:

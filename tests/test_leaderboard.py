@@ -351,7 +351,7 @@ def test_a_version_1_0_file_is_read_and_written_back_at_the_current_version(tmp_
     old["schema_version"] = "1.0"  # 1.0 had no training.instances; its rows are valid 1.1 rows
     board.write_text(json.dumps(old))
     save(board, load(board))
-    assert json.loads(board.read_text())["schema_version"] == "1.1"
+    assert json.loads(board.read_text())["schema_version"] == "1.2"
 
 
 def test_an_invalid_document_is_never_written_and_validate_reports_it(tmp_path):

@@ -1,6 +1,6 @@
 """Data efficiency: F1 against the number of training instances, SFT vs contrastive, in one command.
 
-    python -m leaderboard.curve --sizes 8 16 32 --out runs/curve
+    python -m study.curve --sizes 8 16 32 --out runs/curve
 
 Each point trains a fresh copy of the base model for one epoch over the first N instances of one fixed,
 domain-balanced training pool (so the sets are nested: the 8 are among the 16), with SFT and with the
@@ -8,7 +8,7 @@ contrastive method, and scores it with lm-eval on the omission suite (`absencebe
 is the point at N = 0. Both methods see the same instances in the same order (same seed); contrastive
 also runs forward-only passes over each instance's companions, so its FLOPs per instance are higher (the
 leaderboard rows record both). The stages, markers, resuming and outputs are those of
-`leaderboard.experiment`; `publish` adds a paired contrastive-vs-SFT test at every N and the page shows
+`study.experiment`; `publish` adds a paired contrastive-vs-SFT test at every N and the page shows
 `data_efficiency.png`.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from absence_tasks.schema import atomic_write_text
-from leaderboard.experiment import DOMAINS, Study, StudyError, default_backend, launch
+from study.experiment import DOMAINS, Study, StudyError, default_backend, launch
 
 METHODS = ("sft", "contrastive")
 CURVE_TASK_GROUPS = ("absencebench",)  # omission only: the curve's question is the main task
@@ -115,7 +115,7 @@ def load_or_make_plan(out: Path, args: argparse.Namespace) -> CurvePlan:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m leaderboard.curve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m study.curve", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32],
                         help="training instances per point (default: 8 16 32; about 40 s of training per "
                              "instance for both methods together on 2 CPU cores with SmolLM2-135M)")

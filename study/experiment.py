@@ -1,7 +1,7 @@
 """The whole study in one command: zero-shot vs SFT vs contrastive at equal compute, published.
 
-    python -m leaderboard.experiment --train-minutes 3 --n-eval 20 --n-eval-placeholder 0 --out runs/quick
-    python -m leaderboard.experiment --train-minutes 30 --out runs/study        # the real study
+    python -m study.experiment --train-minutes 3 --n-eval 20 --n-eval-placeholder 0 --out runs/quick
+    python -m study.experiment --train-minutes 30 --out runs/study        # the real study
 
 Stages, in order, each a separate process where it loads a model (so a crash or a kill loses only that
 stage, and vLLM gets a fresh process):
@@ -38,11 +38,9 @@ from typing import Any
 
 from absence_tasks.io import check_output_folder, run_command
 from absence_tasks.io import atomic_write_bytes
-from absence_tasks.schema import atomic_write_text
+from absence_tasks.schema import DOMAINS, atomic_write_text
 
-ROOT = Path(__file__).resolve().parent.parent
 TASK_GROUPS = ("absencebench", "absencebench_placeholder")
-DOMAINS = ("numerical", "poetry", "github_prs")
 EVAL_VARIANTS = ("omission", "placeholder")
 
 # A study trains each method for a fixed time (`--train-minutes`; contrastive gets the FLOPs SFT used) and then
@@ -144,7 +142,7 @@ class Study:
         """Run a stage's process, its progress bars passing through; a failure stops the study."""
         self.log("$ " + shlex.join(args))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        result = subprocess.run(args, cwd=ROOT, env=env)
+        result = subprocess.run(args, env=env)  # every path in args is absolute: any working folder will do
         if result.returncode != 0:
             raise StudyError(f"stage command failed (exit {result.returncode}): {shlex.join(args)}")
 
@@ -323,7 +321,7 @@ def load_or_make_plan(out: Path, args: argparse.Namespace) -> Plan:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m leaderboard.experiment", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m study.experiment", description=__doc__.splitlines()[0])
     parser.add_argument("--train-minutes", type=float, default=30.0,
                         help="training wall time of SFT in minutes (default 30); contrastive trains for the FLOPs "
                              "SFT used. Evaluation comes on top (the study prints its estimate)")
@@ -346,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def launch(args: argparse.Namespace, plan_loader, study_class: type[Study]) -> int:
     """Check the base model, plan (or take the stored plan) and run the stages; errors are one line, exit 2.
-    Shared by the study and the data-efficiency curve (`leaderboard.curve`)."""
+    Shared by the study and the data-efficiency curve (`study.curve`)."""
     extra = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
 
     def run() -> None:
