@@ -29,7 +29,7 @@ from lm_eval.api.task import ConfigurableTask
 from absence_tasks.loading import load_instances_for_task
 from absence_tasks.prompts import render_answer, render_prompt, template_name
 from absence_tasks.schema import PLACEHOLDER, DataError, Instance, from_hf_dataset, to_hf_dataset
-from absence_tasks.scoring import score_response
+from absence_tasks.scoring import micro_f1, score_response
 
 MIN_GEN_TOKS, MAX_GEN_TOKS, GEN_TOKS_STEP = 64, 4096, 64
 # Per answer line beyond its own tokens: the newline, a bullet or number, a spare token where the line's
@@ -167,10 +167,7 @@ def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
 
 
 def micro_f1_aggregation(items: list[dict[str, Any]]) -> float:
-    tp = sum(i["tp"] for i in items)
-    fp = sum(i["fp"] for i in items)
-    fn = sum(i["fn"] for i in items)
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return micro_f1(items)
 
 
 class AbsenceTask(ConfigurableTask):

@@ -26,6 +26,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 from dataclasses import asdict, dataclass, field
 
 from absence_tasks.schema import PLACEHOLDER, Instance
@@ -142,7 +143,7 @@ def score_lines(predicted: Sequence[str], gold: Sequence[str], document_lines: I
     tp, fp, fn = len(matched), len(false_pos), len(missed)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    f1 = f1_from_counts(tp, fp, fn)
     if not gold:
         # Upstream's rule when nothing is missing: penalise each line wrongly reported.
         f1 = max(0.0, 1.0 - fp / max(original_length, 1))
@@ -162,12 +163,19 @@ def mean_f1(scores: Sequence[InstanceScore]) -> float:
     return sum(s.f1 for s in scores) / len(scores) if scores else 0.0
 
 
-def micro_f1(scores: Sequence[InstanceScore]) -> float:
-    """Corpus-level F1 from the summed tp/fp/fn of all instances."""
-    tp = sum(s.tp for s in scores)
-    fp = sum(s.fp for s in scores)
-    fn = sum(s.fn for s in scores)
+def f1_from_counts(tp: int, fp: int, fn: int) -> float:
+    """F1 = 2·tp / (2·tp + fp + fn); 0 when there is nothing to count. The one F1 formula of the project."""
     return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
+def micro_f1(counts: Iterable[Any]) -> float:
+    """Corpus-level F1 from the summed tp/fp/fn of all instances (InstanceScores, or mappings with those keys,
+    as lm-eval's per-instance results are)."""
+    tp = fp = fn = 0
+    for c in counts:
+        get = c.get if isinstance(c, dict) else lambda key, c=c: getattr(c, key)
+        tp, fp, fn = tp + get("tp"), fp + get("fp"), fn + get("fn")
+    return f1_from_counts(tp, fp, fn)
 
 
 def upstream_substring_score(instance: Instance, response: str) -> dict:
@@ -194,7 +202,7 @@ def upstream_substring_score(instance: Instance, response: str) -> dict:
                 tp, fp = (tp + 1, fp) if i in gold_idx else (tp, fp + 1)
             elif i in gold_idx:
                 fn += 1
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    f1 = f1_from_counts(tp, fp, fn)
     if not instance.answer_lines:
         f1 = 1 - fp / len(instance.original_lines)
     return {"tp": tp, "fp": fp, "fn": fn, "f1": f1}

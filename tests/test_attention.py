@@ -131,7 +131,7 @@ def test_find_gaps_on_hand_built_instances():
 
 
 def test_document_spans_are_not_fooled_by_a_document_that_also_occurs_in_the_instructions():
-    # The one-line recitation "Now" also starts the sentence that introduces it.
+    # The one-line modified copy "Now" also starts the sentence that introduces it.
     instance = _instance("omission", ["Now", "here"], ["Now"], omitted=[1])
     prompt = render_prompt(instance)
     original_span, modified_span = document_char_spans(instance)
@@ -248,8 +248,8 @@ def test_cli_end_to_end_writes_summary_figures_and_comparison(tiny_llama_dir, cl
     assert list(summary["groups"]) == ["overall", *DOMAINS]
     for name, group in summary["groups"].items():
         assert group["n_instances"] == (9 if name == "overall" else 3)
-        for measure in ("flank", "omitted"):
-            stats = group[measure]
+        for kind in ("flank", "omitted"):
+            stats = group[kind]
             assert np.array(stats["mean_ratio"], dtype=float).shape == grid
             best = stats["best_head"]
             assert 0 <= best["layer"] < grid[0] and 0 <= best["head"] < grid[1]

@@ -75,10 +75,10 @@ def test_rows_labels_and_spans_of_a_hand_built_omission(model_and_tokenizer):
     expected = [_span_text(tokenizer, tokenized, span) for span in rows.spans[:, 2]]
     assert matching == ["bravo line", "charlie line", "echo line"]
     assert expected == ["alpha line", "charlie line", "delta line"]  # the missing line where there is a gap
-    original_span, recitation = rows.spans[0, 0], rows.spans[:, 3]
+    original_span, modified = rows.spans[0, 0], rows.spans[:, 3]
     assert _span_text(tokenizer, tokenized, original_span) == "\n".join(original).strip()
-    assert (recitation[:, 1] == rows.positions + 1).all() and (recitation[:, 0] == recitation[0, 0]).all()
-    assert _span_text(tokenizer, tokenized, recitation[-1]) == "bravo line\n\ncharlie line\necho"
+    assert (modified[:, 1] == rows.positions + 1).all() and (modified[:, 0] == modified[0, 0]).all()
+    assert _span_text(tokenizer, tokenized, modified[-1]) == "bravo line\n\ncharlie line\necho"
 
 
 def test_placeholder_rows_mark_the_placeholder_line_and_needles_are_refused(model_and_tokenizer):
@@ -94,9 +94,9 @@ def test_placeholder_rows_mark_the_placeholder_line_and_needles_are_refused(mode
 
 
 def test_statistics_from_masses_and_the_lookback_ratio():
-    spans = np.array([[[10, 30], [12, 15], [16, 18], [40, 45]]])           # original 20 tokens, recitation 5
+    spans = np.array([[[10, 30], [12, 15], [16, 18], [40, 45]]])           # original 20 tokens, modified copy 5
     masses = np.zeros((1, 1, 3, 4))
-    masses[0, 0, 0] = [0.4, 0.1, 0.05, 0.5]    # per token: original 0.02, recitation 0.1
+    masses[0, 0, 0] = [0.4, 0.1, 0.05, 0.5]    # per token: original 0.02, modified copy 0.1
     masses[0, 0, 1] = [0.8, 0.0, 0.0, 0.0]     # only the original
     masses[0, 0, 2] = [0.0, 0.0, 0.0, 0.0]     # all mass elsewhere (the chat template): no preference
     statistics = features.statistics_from_masses(masses, spans)

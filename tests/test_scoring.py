@@ -130,7 +130,7 @@ DISAGREEMENTS = [
     ("a gold line with a kept copy", TWICE, "+    pass", 1.0, 2 / 3,
      "the text the model was asked for is the text it listed; the kept copy is the same text, not a second "
      "(false) answer, which the substring rule makes it"),
-    ("the whole recitation pasted in one line", NIGHT,
+    ("the whole modified copy pasted in one line", NIGHT,
      "The night is long Long and the night is long and cold the stars are out", 0.0, 0.4,
      "pasting everything on one line lists nothing; upstream credits the gold line and every other line"),
 ]

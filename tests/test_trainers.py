@@ -170,7 +170,7 @@ def test_contrastive_counts_more_flops_than_sft_on_the_same_batches(sft_run, con
     assert contrastive_compute["tokens_trained"] == sft_compute["tokens_trained"]
     assert contrastive_compute["instances_trained"] == sft_compute["instances_trained"]
     assert contrastive_compute["tokens_forward_only"] > 0
-    assert contrastive_compute["flops"] - sft_compute["flops"] == \
+    assert contrastive_compute["flops"] - sft_compute["flops"] ==\
         2 * contrastive_compute["n_params"] * contrastive_compute["tokens_forward_only"]
     # The first step's SFT loss is the same number in both trainers (same tokens, same weights).
     assert logged(contrastive_run)[0]["sft_loss"] == pytest.approx(logged(sft_run)[0]["loss"], rel=1e-4)
@@ -189,7 +189,7 @@ def test_companion_states_from_the_shared_cache_equal_a_full_forward(tiny_llama_
                             output_hidden_states=True, use_cache=share)
             states[share], tokens = companion_states(model, outputs.hidden_states[-1], outputs.past_key_values,
                                                      batch, -1, reuse_cache=share)
-        mask = batch["companion_recitation_mask"]
+        mask = batch["companion_modified_mask"]
         if share:
             shared_tokens = tokens
     assert shared_tokens < tokens  # reusing the prefix saves most of the extra pass
@@ -200,16 +200,16 @@ POEM = ("The fog comes", "on little cat feet.", "It sits looking", "over harbor 
         "on silent haunches and then moves on.")
 
 
-def test_features_align_the_recitation_with_the_complete_copy_inside_the_prompt(tokenizer):
+def test_features_align_the_modified_copy_with_the_complete_copy_inside_the_prompt(tokenizer):
     """A 5-line poem with line 2 omitted, rendered in the chat template: every aligned token of the edited
-    recitation has the same text as its counterpart in the complete copy, and the one gap token is the
+    modified copy has the same text as its counterpart in the complete copy, and the one gap token is the
     first token of the line after the gap."""
     instance = Instance("poem", "poetry", "omission", "train", POEM, POEM[:1] + POEM[2:], (1,))
     features = contrastive_features(tokenizer, instance, chat=True)
     edited, complete = features["input_ids"], features["complete_ids"]
-    first, last = features["recitation_span"]
+    first, last = features["modified_span"]
     assert tokenizer.decode(edited[first:last]) == instance.modified_text
-    start, end = features["complete_recitation"]
+    start, end = features["complete_modified"]
     assert tokenizer.decode(complete[start:end]) == instance.original_text
     assert tokenizer.decode(edited[slice(*features["original_span"])]) == instance.original_text
 
@@ -288,13 +288,13 @@ def test_hard_negatives_follow_the_kinds_in_order_and_skip_those_that_do_not_app
 
 def test_features_hold_every_hard_negative_and_the_collator_batches_them(tokenizer):
     """The 5-line poem with line 1 omitted: its shortest line is line 0 and its shortest neighbouring pair
-    lines 0-1, so the two hard-negative recitations are the poem from line 1 and from line 2; the collator
+    lines 0-1, so the two hard-negative modified copies are the poem from line 1 and from line 2; the collator
     puts both after the complete copies, as companions of their training row."""
     instance = Instance("poem", "poetry", "omission", "train", POEM, POEM[:1] + POEM[2:], (1,))
     features = contrastive_features(tokenizer, instance, chat=True)
-    recitations = [tokenizer.decode(ids[slice(*span)])
-                   for ids, span in zip(features["hard_ids"], features["hard_recitation"])]
-    assert recitations == ["\n".join(POEM[1:]), "\n".join(POEM[2:])]
+    modified_copies = [tokenizer.decode(ids[slice(*span)])
+                   for ids, span in zip(features["hard_ids"], features["hard_modified"])]
+    assert modified_copies == ["\n".join(POEM[1:]), "\n".join(POEM[2:])]
     for ids, shared in zip(features["hard_ids"], features["hard_shared"]):
         assert ids[:shared] == features["input_ids"][:shared] and shared < len(ids)
     only_shortest = contrastive_features(tokenizer, instance, chat=True, hard_negative_kinds=["shortest_line"])
@@ -307,9 +307,9 @@ def test_features_hold_every_hard_negative_and_the_collator_batches_them(tokeniz
     assert batch["companion_source"].tolist() == [0, 1, 0, 0, 1]
     assert batch["companion_prefix"].tolist() == [rows[0]["complete_shared"], rows[1]["complete_shared"],
                                                   *rows[0]["hard_shared"], *rows[1]["hard_shared"]]
-    assert batch["companion_recitation_mask"].sum(dim=1).tolist() == [
-        span[1] - span[0] for span in [rows[0]["complete_recitation"], rows[1]["complete_recitation"],
-                                       *rows[0]["hard_recitation"], *rows[1]["hard_recitation"]]]
+    assert batch["companion_modified_mask"].sum(dim=1).tolist() == [
+        span[1] - span[0] for span in [rows[0]["complete_modified"], rows[1]["complete_modified"],
+                                       *rows[0]["hard_modified"], *rows[1]["hard_modified"]]]
 
 
 def test_each_hard_negative_kind_costs_counted_forward_only_tokens(tiny_llama_dir, tmp_path, contrastive_run):
@@ -324,7 +324,7 @@ def test_each_hard_negative_kind_costs_counted_forward_only_tokens(tiny_llama_di
     one_kind, both = one_kind["compute"], both["compute"]
     assert both["tokens_trained"] == one_kind["tokens_trained"]
     assert both["tokens_forward_only"] > one_kind["tokens_forward_only"]
-    assert both["flops"] - one_kind["flops"] == \
+    assert both["flops"] - one_kind["flops"] ==\
         2 * both["n_params"] * (both["tokens_forward_only"] - one_kind["tokens_forward_only"])
 
 

@@ -6,6 +6,7 @@ torch or TRL.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -13,9 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
 from absence_tasks.io import default_file_mode
 from absence_tasks.schema import Instance, atomic_write_text, write_jsonl
 
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 CARD_NAME = "README.md"
 RECORD_NAME = "training_record.json"
 DATA_NAME = "training_data.jsonl"
@@ -28,52 +32,21 @@ def _json_safe(value: Any) -> Any:
 
 
 def model_card(method: str, record: dict[str, Any]) -> str:
-    """README.md for the final model: a readable summary and the full record as a JSON block."""
-    compute, data = record["compute"], record["data"]
-    eval_flag = " --apply_chat_template" if record["script_args"]["chat_template"] else ""
-    lines = [
-        "---",
-        f"base_model: {record['script_args']['model_name_or_path']}",
-        "library_name: transformers",
-        f"tags: [reverse-needle, absencebench, trl, {method}]",
-        "---",
-        "",
-        f"# {Path(record['training_args']['output_dir']).name}: {method} on AbsenceBench-style omission tasks",
-        "",
-        f"Trained with `python -m trainers.{method}` (Reverse Needle) from "
-        f"`{record['script_args']['model_name_or_path']}`; {record['method_description']}",
-        "",
-        "| | |", "|---|---|",
-        f"| method | {method} |",
-        f"| optimizer steps | {record['global_step']} |",
-        f"| training instances seen (repeats counted) | {compute['instances_trained']:,} |",
-        f"| tokens trained (forward + backward) | {compute['tokens_trained']:,} |",
-        f"| tokens forward-only | {compute['tokens_forward_only']:,} |",
-        f"| training FLOPs (6·N·trained + 2·N·forward-only, N = {compute['n_params']:,}) | {compute['flops']:.4g} |",
-        f"| training wall time (s in optimizer steps, summed over sessions) | {compute['train_seconds']:.1f} |",
-        f"| FLOP budget (--compute_budget_flops) | {_budget(compute['budget_flops'], compute['stopped_by_budget'])} |",
-        f"| time budget (--max_train_seconds) | {_budget(compute['budget_seconds'], compute['stopped_by_time'])} |",
-        f"| stopped by | {' and '.join(compute['stopped_by']) or 'the step/epoch limit'} |",
-        f"| precision | {_precision(record.get('precision'))} |",
-        f"| length curriculum | {'on' if record.get('curriculum') else 'off'} |",
-        f"| seed / data seed | {record['seed']} / {record['data_seed']} |",
-        f"| training file instances | {data['n_instances']} ({', '.join(data['domains'])}; {', '.join(data['variants'])}) |",
-        f"| data sha256 ({DATA_NAME}) | `{data['sha256']}` |",
-        "",
-        *_curve_lines(record.get("learning_curve") or []),
-        "Evaluate with lm-eval:",
-        "",
-        f"    absence-lm-eval --tasks absencebench --model hf --model_args pretrained=<this dir>"
-        f"{eval_flag}",
-        "",
-        "## Full record",
-        "",
-        "```json",
-        json.dumps(record, indent=2, sort_keys=True),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+    """README.md for the final model (templates/model_card.md.jinja): a readable summary and the full record
+    as a JSON block."""
+    points = record.get("learning_curve") or []
+    return _templates().get_template("model_card.md.jinja").render(
+        **{**record, "method": method, "learning_curve": points, "curriculum": record.get("curriculum", False)}, name=Path(record["training_args"]["output_dir"]).name, data_name=DATA_NAME,
+        budget=_budget, precision_text=_precision(record.get("precision")),
+        curve_domains=sorted({domain for point in points for domain in point["f1"]}),
+        record_json=json.dumps(record, indent=2, sort_keys=True))
+
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    # Markdown, not HTML: nothing to escape; StrictUndefined makes a missing record field an error, not a gap.
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
 
 def _precision(precision: dict[str, Any] | None) -> str:
@@ -83,24 +56,6 @@ def _precision(precision: dict[str, Any] | None) -> str:
     measured = (f" (measured at start-up: fp32 {rates['fp32']:.0f}, bf16 autocast {rates['bf16']:.0f} trained "
                 f"tokens/s)" if rates else "")
     return f"{precision['chosen']}, asked: {precision['requested']}{measured}"
-
-
-def _curve_lines(points: list[dict[str, Any]]) -> list[str]:
-    """The learning curve as a table: greedy F1 on the fixed validation set against training progress."""
-    if not points:
-        return []
-    domains = sorted({domain for point in points for domain in point["f1"]})
-    n = points[-1]["n_per_domain"]
-    lines = ["## Learning curve", "",
-             f"Greedy F1 on the fixed validation split ({', '.join(f'{d} {n[d]}' for d in domains)} instances; "
-             "`trainers/learning_curve.py`), not counted as training time.", "",
-             "| step | training s | " + " | ".join(domains) + " | average | eval s |",
-             "|---:|---:|" + "---:|" * len(domains) + "---:|---:|"]
-    for point in points:
-        lines.append(f"| {point['step']} | {point['train_seconds']:.0f} | "
-                     + " | ".join(f"{point['f1'][d]:.1f}" for d in domains)
-                     + f" | {point['average']:.1f} | {point['eval_seconds']:.0f} |")
-    return lines + [""]
 
 
 def _budget(value: float | None, reached: bool) -> str:

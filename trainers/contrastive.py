@@ -4,8 +4,8 @@ Loss = SFT loss + lambda_seq · sequence InfoNCE + lambda_gap · gap alignment, 
 plus forward-only passes over two companions of each instance:
 
 * the training sequence A: the instance's prompt (original document, then the edited copy — the
-  "recitation" — then the question) and its answer, exactly as SFT sees it (same tokens, same labels);
-* the complete copy B: the same prompt with nothing missing (the recitation equals the original);
+  "modified" — then the question) and its answer, exactly as SFT sees it (same tokens, same labels);
+* the complete copy B: the same prompt with nothing missing (the modified copy equals the original);
 * the hard negatives C: the same prompt with one small edit each (`trainers.data.hard_negatives`, the
   kinds `hard_negative_kinds` names: only the shortest line edited; only the shortest pair of adjacent
   lines edited).
@@ -13,16 +13,16 @@ plus forward-only passes over two companions of each instance:
 Sequence level (exact choice). Every vector is the pooled hidden state (layer `contrastive_layer`,
 `pooling` mean|last) of a document span inside a prompt:
   anchor   = the ORIGINAL document span of A (with gradient);
-  positive = the recitation span of B — the unaltered copy, in the recitation position (no gradient: a
+  positive = the modified copy span of B — the unaltered copy, in the copy's position (no gradient: a
              target);
-  negatives= the recitation span of A — the edited copy (with gradient) — and of every C (no gradient);
+  negatives= the modified copy span of A — the edited copy (with gradient) — and of every C (no gradient);
   plus, with `in_batch_negatives`, the other instances' positives and negatives. Instances with fewer
   hard negatives (no adjacent pair to edit) have their missing slots masked out.
 The original text appears in the same first position in A, B and C, so its states are identical across
-them; comparing it with the copy in the recitation position is what makes the task non-trivial: the
+them; comparing it with the copy in the copy's position is what makes the task non-trivial: the
 copy's representation must move when lines are missing.
 
-Gap level. The edited recitation of A is aligned token by token with the complete recitation of B
+Gap level. The edited modified copy of A is aligned token by token with the complete modified copy of B
 (character offsets of the fast tokenizer, edited characters mapped to original characters through the
 instance's omitted indices); aligned states are pulled together (1 - cos), and the first token after
 each gap is pushed away from its counterpart (max(0, cos - gap_margin)) — the state there should say
@@ -55,14 +55,14 @@ from trainers.losses import (char_map_for_omission, combined_loss, gap_alignment
 from trainers.run import AbsenceTrainer, main_for
 
 # Collated keys the model never sees (compute_loss takes them out of the batch).
-SIDE_KEYS = ("original_mask", "recitation_mask", "alignment", "gap_mask", "companion_input_ids",
-             "companion_attention_mask", "companion_source", "companion_prefix", "companion_recitation_mask")
+SIDE_KEYS = ("original_mask", "modified_mask", "alignment", "gap_mask", "companion_input_ids",
+             "companion_attention_mask", "companion_source", "companion_prefix", "companion_modified_mask")
 
 
 # ---- features of one instance ------------------------------------------------------------------------
 
-def _recitation_offsets(encoded: Encoded, span: tuple[int, int]) -> list[tuple[int, int]]:
-    """Token character spans relative to the recitation's start; (0, 0) for tokens outside it."""
+def _modified_offsets(encoded: Encoded, span: tuple[int, int]) -> list[tuple[int, int]]:
+    """Token character spans relative to the modified copy's start; (0, 0) for tokens outside it."""
     start, end = span
     return [(s - start, e - start) if e > s and s >= start and e <= end else (0, 0) for s, e in encoded.offsets]
 
@@ -74,13 +74,13 @@ def _spans_in_text(encoded: Encoded, instance: Instance) -> tuple[tuple[int, int
 
 
 def _companion(tokenizer, instance: Instance, chat: bool, training_ids: Sequence[int]) -> dict[str, Any]:
-    """A companion prompt (complete copy or hard negative), cut after its recitation (nothing later is
+    """A companion prompt (complete copy or hard negative), cut after its modified copy (nothing later is
     used), with the length of the prefix it shares with the training sequence."""
     encoded = encode(tokenizer, instance, chat, with_answer=False)
-    _, recitation_chars = _spans_in_text(encoded, instance)
-    first, last = token_span(encoded.offsets, recitation_chars)
+    _, modified_chars = _spans_in_text(encoded, instance)
+    first, last = token_span(encoded.offsets, modified_chars)
     ids = encoded.input_ids[:last]
-    return {"encoded": encoded, "recitation_chars": recitation_chars, "ids": ids, "recitation": [first, last],
+    return {"encoded": encoded, "modified_chars": modified_chars, "ids": ids, "modified": [first, last],
             "shared": common_prefix_length(ids, training_ids)}
 
 
@@ -89,24 +89,24 @@ def contrastive_features(tokenizer, instance: Instance, chat: bool,
     """Everything the contrastive trainer needs about one instance, as plain lists (a datasets row).
 
     input_ids / labels: the training sequence A, tokenised exactly as for SFT.
-    original_span / recitation_span: [first, last) tokens of the two documents in A.
-    complete_ids / complete_recitation / complete_shared: B (cut after its recitation), its recitation
-    tokens, and how many leading tokens it shares with A. hard_ids / hard_recitation / hard_shared: the
+    original_span / modified_span: [first, last) tokens of the two documents in A.
+    complete_ids / complete_modified / complete_shared: B (cut after its modified copy), its modified copy
+    tokens, and how many leading tokens it shares with A. hard_ids / hard_modified / hard_shared: the
     same, one entry per hard negative (`hard_negatives(instance, hard_negative_kinds)`).
     alignment: per token of A, the position in B with the same text (-1: none); gap_mask: 1 at the first
     token after each gap."""
     training = encode(tokenizer, instance, chat)
-    original_chars, recitation_chars = _spans_in_text(training, instance)
+    original_chars, modified_chars = _spans_in_text(training, instance)
     complete = _companion(tokenizer, complete_copy(instance), chat, training.input_ids)
 
     alignment = [-1] * len(training.input_ids)
     gaps = [0] * len(training.input_ids)
     if instance.variant == "omission":
         missing = missing_line_indices(instance)
-        edited_offsets = _recitation_offsets(training, recitation_chars)
+        edited_offsets = _modified_offsets(training, modified_chars)
         char_map = char_map_for_omission(instance.original_lines, missing)
         alignment = token_alignment_from_char_map(
-            edited_offsets, char_map, _recitation_offsets(complete["encoded"], complete["recitation_chars"])).tolist()
+            edited_offsets, char_map, _modified_offsets(complete["encoded"], complete["modified_chars"])).tolist()
         gaps = gap_token_mask(edited_offsets, instance.modified_text,
                               gap_char_positions_for_omission(instance.original_lines, missing)).int().tolist()
 
@@ -114,16 +114,16 @@ def contrastive_features(tokenizer, instance: Instance, chat: bool,
         "input_ids": training.input_ids,
         "labels": training.labels,
         "original_span": list(token_span(training.offsets, original_chars)),
-        "recitation_span": list(token_span(training.offsets, recitation_chars)),
+        "modified_span": list(token_span(training.offsets, modified_chars)),
         "complete_ids": complete["ids"],
-        "complete_recitation": complete["recitation"],
+        "complete_modified": complete["modified"],
         "complete_shared": complete["shared"],
         "alignment": alignment,
         "gap_mask": gaps,
     }
     hard = [_companion(tokenizer, negative, chat, training.input_ids)
             for negative in hard_negatives(instance, hard_negative_kinds)]
-    features.update(hard_ids=[h["ids"] for h in hard], hard_recitation=[h["recitation"] for h in hard],
+    features.update(hard_ids=[h["ids"] for h in hard], hard_modified=[h["modified"] for h in hard],
                     hard_shared=[h["shared"] for h in hard])
     return features
 
@@ -167,18 +167,18 @@ class ContrastiveCollator:
             "attention_mask": _pad([[1] * len(e["input_ids"]) for e in examples], 0),
             "labels": _pad([e["labels"] for e in examples], -100),
             "original_mask": _span_mask([e["original_span"] for e in examples], length),
-            "recitation_mask": _span_mask([e["recitation_span"] for e in examples], length),
+            "modified_mask": _span_mask([e["modified_span"] for e in examples], length),
             "alignment": _pad([e["alignment"] for e in examples], -1),
             "gap_mask": _pad([e["gap_mask"] for e in examples], 0).bool(),
         }
-        # (training row, token ids, recitation span, tokens shared with the training row) per companion
+        # (training row, token ids, modified copy span, tokens shared with the training row) per companion
         rows = []
         if self.with_complete:
-            rows += [(source, e["complete_ids"], e["complete_recitation"], e["complete_shared"])
+            rows += [(source, e["complete_ids"], e["complete_modified"], e["complete_shared"])
                      for source, e in enumerate(examples)]
         if self.with_hard_negative:
             rows += [(source, *hard) for source, e in enumerate(examples)
-                     for hard in zip(e["hard_ids"], e["hard_recitation"], e["hard_shared"])]
+                     for hard in zip(e["hard_ids"], e["hard_modified"], e["hard_shared"])]
         if not rows:
             return batch
         prefixes = [shared if self.share_prefix else 0 for *_, shared in rows]
@@ -190,7 +190,7 @@ class ContrastiveCollator:
             companion_attention_mask=_pad([[1] * len(t) for t in new_tokens], 0, new_length),
             companion_source=torch.tensor([source for source, *_ in rows], dtype=torch.long),
             companion_prefix=torch.tensor(prefixes, dtype=torch.long),
-            companion_recitation_mask=_span_mask([recitation for _, _, recitation, _ in rows], full_length),
+            companion_modified_mask=_span_mask([modified for _, _, modified, _ in rows], full_length),
         )
         return batch
 
@@ -225,7 +225,7 @@ def companion_states(model, states: torch.Tensor, past_key_values, side: dict[st
     `reuse_cache`, else (prefixes all 0) over the whole companion."""
     source, prefix = side["companion_source"], side["companion_prefix"]
     new_ids, new_mask = side["companion_input_ids"], side["companion_attention_mask"]
-    full_length = side["companion_recitation_mask"].size(1)
+    full_length = side["companion_modified_mask"].size(1)
     t = torch.arange(full_length, device=states.device)
     from_training = states.detach()[source]
     if from_training.size(1) < full_length:
@@ -307,10 +307,10 @@ class ContrastiveTrainer(AbsenceTrainer):
     def _sequence_loss(self, states, companions, side, batch) -> torch.Tensor:
         pooling = self.args.pooling
         anchor = pool_hidden(states, side["original_mask"], pooling)
-        edited = pool_hidden(states, side["recitation_mask"], pooling)
-        recitation_mask = side["companion_recitation_mask"]
-        positive = pool_hidden(companions[:batch], recitation_mask[:batch], pooling)
-        hard = (pool_hidden(companions[batch:], recitation_mask[batch:], pooling) if companions.size(0) > batch
+        edited = pool_hidden(states, side["modified_mask"], pooling)
+        modified_mask = side["companion_modified_mask"]
+        positive = pool_hidden(companions[:batch], modified_mask[:batch], pooling)
+        hard = (pool_hidden(companions[batch:], modified_mask[batch:], pooling) if companions.size(0) > batch
                 else edited.new_zeros(0, edited.size(-1)))
         hard, hard_mask = negatives_by_row(hard, side["companion_source"][batch:], batch)
         negatives = torch.cat([edited.unsqueeze(1), hard], dim=1)

@@ -188,7 +188,7 @@ def drop_overlong(tokenizer, instances: Sequence[Instance], chat: bool, max_leng
 
 def document_char_spans(instance: Instance) -> tuple[tuple[int, int], tuple[int, int]]:
     """Character spans [start, end) of the original document and of the modified copy (the
-    "recitation") inside `render_prompt(instance)`, found by rendering the template around markers."""
+    "modified") inside `render_prompt(instance)`, found by rendering the template around markers."""
     original_marker, modified_marker = "\x00ORIGINAL\x00", "\x00MODIFIED\x00"
     skeleton = render_documents(instance.domain, instance.variant, original_marker, modified_marker)
     prefix, rest = skeleton.split(original_marker)

@@ -19,7 +19,7 @@ LABEL_FREE_STATISTICS = ("original", "lookback_ratio")
 FEATURE_SET_DESCRIPTIONS = {
     "attention": "all four statistics of every layer x head",
     "label_free": "original and lookback_ratio of every layer x head (no gold alignment needed)",
-    "position": "control without the model: the line's index over the recitation's length, and the recitation "
+    "position": "control without the model: the line's index over the modified copy's length, and the modified copy "
                 "tokens up to its first token",
 }
 HIDDEN_DESCRIPTION = "the hidden state after layer {layer} at the line's first token (0 = the token's embedding)"
@@ -50,9 +50,9 @@ class Rows:
 
 
 def position_features(instance: Instance, queries: LineQueries) -> np.ndarray:
-    """[n, 2]: each probed line's index over the recitation's length, and the recitation tokens so far."""
-    recitation_tokens = queries.spans[:, 3, 1] - queries.spans[:, 3, 0]
-    return np.stack([queries.line_indices / len(instance.modified_lines), recitation_tokens], axis=1).astype(np.float64)
+    """[n, 2]: each probed line's index over the modified copy's length, and the modified copy tokens so far."""
+    modified_tokens = queries.spans[:, 3, 1] - queries.spans[:, 3, 0]
+    return np.stack([queries.line_indices / len(instance.modified_lines), modified_tokens], axis=1).astype(np.float64)
 
 
 def fit_probe(features: np.ndarray, labels: np.ndarray, c: float) -> Any:

@@ -142,7 +142,7 @@ def run_probe(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         rows, queries, chat_template = extract_rows(path, instances, args, label)
         if reference_queries is not None and any(not np.array_equal(a.positions, b.positions)
                                                  for a, b in zip(reference_queries, queries)):
-            raise ValueError(f"{path}: its tokenizer puts the recitation lines at other positions than the first "
+            raise ValueError(f"{path}: its tokenizer puts the modified copy lines at other positions than the first "
                              f"model's; the models must share a tokenizer")
         reference_queries = queries
         rows_by_model[label] = rows
@@ -150,7 +150,7 @@ def run_probe(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 
     first = next(iter(rows_by_model.values()))
     if not first.labels.any():
-        raise DataError(f"{args.data}: no recitation line follows a gap; nothing to probe")
+        raise DataError(f"{args.data}: no modified copy line follows a gap; nothing to probe")
     folds = grouped_folds(first.groups, args.folds)
     feature_sets = ["attention", "label_free", *(f"hidden_{layer}" for layer in args.hidden_layer), "position"]
     results: dict[str, dict[str, Any]] = {}
@@ -190,7 +190,7 @@ def run_probe(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "settings": {"chat_template": chat_template, "n_per_domain": args.n, "seed": args.seed, "folds": len(folds),
                      "C": args.C, "bootstrap_resamples": args.bootstrap, "confidence_level": CONFIDENCE_LEVEL,
                      "hidden_layers": args.hidden_layer, "prefill_chunk": args.prefill_chunk,
-                     "query": "the first token of each recitation line that has text"},
+                     "query": "the first token of each modified copy line that has text"},
         "statistics": STATISTIC_DESCRIPTIONS,
         "feature_sets": {fs: FEATURE_SET_DESCRIPTIONS.get(fs) or HIDDEN_DESCRIPTION.format(layer=fs.split("_")[1])
                          for fs in feature_sets},
@@ -219,8 +219,6 @@ def run_probe(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 
 
 def json_dumps(summary: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(json_ready(summary), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
@@ -229,7 +227,7 @@ def json_dumps(summary: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m analysis.probe",
-        description="Fit a linear probe that reads, from a checkpoint's attention at each recitation line, whether "
+        description="Fit a linear probe that reads, from a checkpoint's attention at each modified copy line, whether "
                     "original lines are missing right before it (AUROC, AP, transfer, top heads).")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="local Hugging Face checkpoint directory")

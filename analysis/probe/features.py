@@ -1,4 +1,4 @@
-"""The probe's rows: which recitation lines are probed, their labels, the spans their features are
+"""The probe's rows: which modified copy lines are probed, their labels, the spans their features are
 measured on, and one prefill per instance that reduces the probed queries' attention to span masses."""
 
 from __future__ import annotations
@@ -16,26 +16,26 @@ from analysis.attention.positions import TokenizedPrompt, find_gaps, gap_line_so
 STATISTICS = ("original", "matching", "expected_next", "lookback_ratio")
 STATISTIC_DESCRIPTIONS = {
     "original": "attention mass on the whole original document",
-    "matching": "attention mass on the original line this recitation line copies (gold alignment)",
-    "expected_next": "attention mass on the original line that should come next after the previous recitation "
+    "matching": "attention mass on the original line this modified copy line copies (gold alignment)",
+    "expected_next": "attention mass on the original line that should come next after the previous modified copy "
                      "line (gold alignment; equals 'matching' where no line is missing)",
     "lookback_ratio": "mean attention per original-document token / (that + mean attention per token of the "
-                      "recitation so far); Lookback Lens' ratio",
+                      "modified copy so far); Lookback Lens' ratio",
 }
 # Span columns of `LineQueries.spans`; the first three are the statistics of the same name.
-SPAN_COLUMNS = ("original", "matching", "expected_next", "recitation_so_far")
+SPAN_COLUMNS = ("original", "matching", "expected_next", "modified_so_far")
 
 
 # ---- the rows: probed lines, their labels and the spans they are measured on ---------------------
 
 @dataclass(frozen=True)
 class LineQueries:
-    """The probed recitation lines of one instance (n of them)."""
+    """The probed modified copy lines of one instance (n of them)."""
     line_indices: np.ndarray   # [n] index into modified_lines
     positions: np.ndarray      # [n] token position of the line's first token (the query)
     labels: np.ndarray         # [n] bool: one or more original lines are missing right before the line
     spans: np.ndarray          # [n, 4, 2] token ranges [start, end) of the SPAN_COLUMNS, per query
-    n_trailing_gaps: int       # gaps at the end of the recitation: no line follows them, no positive row
+    n_trailing_gaps: int       # gaps at the end of the modified copy: no line follows them, no positive row
 
 
 def _token_range(positions: np.ndarray) -> tuple[int, int]:
@@ -48,12 +48,12 @@ def line_queries(instance: Instance, tokenized: TokenizedPrompt) -> LineQueries:
     if instance.variant == "needle":
         raise ValueError(f"instance {instance.id}: needle instances have no missing lines to probe")
     original_tokens = tokenized.line_tokens(instance.original_lines, tokenized.original_span[0])
-    recitation_tokens = tokenized.line_tokens(instance.modified_lines, tokenized.modified_span[0])
+    modified_tokens = tokenized.line_tokens(instance.modified_lines, tokenized.modified_span[0])
     original_range = _token_range(tokenized.tokens(tokenized.original_span))
-    recitation_start = _token_range(tokenized.tokens(tokenized.modified_span))[0]
-    sources = gap_line_sources(instance)  # recitation line -> its original line
+    modified_start = _token_range(tokenized.tokens(tokenized.modified_span))[0]
+    sources = gap_line_sources(instance)  # modified copy line -> its original line
     dropped = set(instance.metadata.get("dropped_context_indices", ()))
-    # Original lines a recitation line could be expected to continue with: with text, not dropped context.
+    # Original lines a modified copy line could be expected to continue with: with text, not dropped context.
     readable = [i for i, tokens in enumerate(original_tokens) if tokens.size and i not in dropped]
 
     gaps = find_gaps(instance)
@@ -66,7 +66,7 @@ def line_queries(instance: Instance, tokenized: TokenizedPrompt) -> LineQueries:
 
     line_indices, positions, labels, spans = [], [], [], []
     previous_source = -1
-    for k, tokens in enumerate(recitation_tokens):
+    for k, tokens in enumerate(modified_tokens):
         if not tokens.size:
             continue
         query = int(tokens[0])
@@ -76,7 +76,7 @@ def line_queries(instance: Instance, tokenized: TokenizedPrompt) -> LineQueries:
         positions.append(query)
         labels.append(k in positive)
         spans.append([original_range, _token_range(original_tokens[sources[k]]),
-                      _token_range(original_tokens[expected]), (recitation_start, query + 1)])
+                      _token_range(original_tokens[expected]), (modified_start, query + 1)])
         previous_source = sources[k]
     return LineQueries(line_indices=np.array(line_indices, dtype=np.int64),
                        positions=np.array(positions, dtype=np.int64), labels=np.array(labels, dtype=bool),
@@ -158,8 +158,8 @@ def statistics_from_masses(masses: np.ndarray, spans: np.ndarray) -> np.ndarray:
     """[n, layers, heads, 4] masses on the SPAN_COLUMNS -> [n, layers, heads, 4] STATISTICS."""
     lengths = (spans[:, :, 1] - spans[:, :, 0]).astype(np.float64)          # [n, 4] tokens per span
     per_token_original = masses[..., 0] / lengths[:, 0, None, None]
-    per_token_recitation = masses[..., 3] / lengths[:, 3, None, None]
-    total = per_token_original + per_token_recitation
+    per_token_modified = masses[..., 3] / lengths[:, 3, None, None]
+    total = per_token_original + per_token_modified
     with np.errstate(divide="ignore", invalid="ignore"):
         lookback = np.where(total > 0, per_token_original / total, 0.5)
     return np.stack([masses[..., 0], masses[..., 1], masses[..., 2], lookback], axis=-1)
