@@ -90,8 +90,8 @@ def make_plan(train_seconds: float, backend: str, seed: int, n_eval: int = 100, 
     split sized to what that time gets through, and the three models are scored on n_eval instances per
     omission task (n_eval_placeholder per placeholder task)."""
     if not MIN_TRAIN_SECONDS <= train_seconds <= MAX_TRAIN_SECONDS:
-        raise StudyError(f"--train-minutes {train_seconds / 60:g} is outside "
-                         f"{MIN_TRAIN_SECONDS / 60:g}..{MAX_TRAIN_SECONDS / 60:g}")
+        raise StudyError(f"--train-minutes {train_seconds / 60:g} is outside the bounds ({MIN_TRAIN_SECONDS} s to "
+                         f"{MAX_TRAIN_SECONDS // 3600} h of training)")
     if n_eval < 1 or n_eval_placeholder < 0:
         raise StudyError("--n-eval must be >= 1 and --n-eval-placeholder >= 0")
     n_train = max(20, min(5000, round(train_seconds * PLANNED_INSTANCES_PER_SECOND / len(train_domains))))
@@ -356,8 +356,10 @@ def launch(args: argparse.Namespace, plan_loader, study_class: type[Study]) -> i
         args.out.mkdir(parents=True, exist_ok=True)
         plan = plan_loader(args.out, args)
         study = study_class(args.out.resolve(), plan, args.model.resolve() if args.model else None, extra)
-        study.log(f"plan: {json.dumps(asdict(plan))}; estimated {plan.estimated_seconds() / 60:.0f} min "
-                  f"(training {2 * plan.train_seconds / 60:.0f} min, the rest evaluation)")
+        study.log(f"plan: {json.dumps(asdict(plan))}")
+        if isinstance(plan, Plan):
+            study.log(f"estimated {plan.estimated_seconds() / 60:.0f} min: training "
+                      f"{2 * plan.train_seconds / 60:.0f} min, the rest evaluation")
         study.run()
 
     return run_command(study_class.program, run, handled=(StudyError, ValueError, OSError))

@@ -141,7 +141,12 @@ class LearningCurve(TrainerCallback, ExportableState):
     def on_step_end(self, args, state, control, **kwargs):
         due = self.every_steps > 0 and state.global_step % self.every_steps == 0
         if due or control.should_training_stop:
+            # Logging from here goes through the callbacks' on_log, which clears should_log: keep the step's
+            # own (loss) log, which the Trainer writes after this event.
+            should_log = control.should_log
             self.measure(args, state)
+            control.should_log = should_log
+        return control
 
     def on_train_end(self, args, state, control, **kwargs):
         self.measure(args, state)
