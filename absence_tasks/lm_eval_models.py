@@ -141,17 +141,23 @@ def check_api_server(base_url: str, model: str, auth_token: str | None = None, t
                         f"{'chat ' if chat else ''}completion: {' '.join(response.text.split())[:200]!r}")
 
 
-def use_every_core_for_vllm_cpu() -> None:
-    """vLLM's CPU engine binds its compute threads to all cores but one, which it reserves (on 2 cores: one
-    computing core). Measured on the 2-core machine: binding both (`VLLM_CPU_OMP_THREADS_BIND=0-1`,
-    `VLLM_CPU_NUM_OF_RESERVED_CPU=0`) generated the same 20 poetry answers in 33 s instead of 47 s. So, unless
-    the user set them, the engine gets every core this process may run on."""
+def vllm_cpu_every_core() -> dict[str, str]:
+    """The environment that binds vLLM's CPU engine to every core this process may run on. By default the
+    engine keeps one core in reserve (on 2 cores: one computing core); measured on the 2-core machine,
+    binding both generated the same 20 poetry answers in 33 s instead of 47 s. Start a `vllm serve` with it
+    too, or its answers come from another thread count than absence-lm-eval's own vLLM backend's."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if cores:
-        contiguous = cores == list(range(cores[0], cores[-1] + 1))
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND",
-                              f"{cores[0]}-{cores[-1]}" if contiguous else ",".join(map(str, cores)))
-        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    if not cores:
+        return {}
+    contiguous = cores == list(range(cores[0], cores[-1] + 1))
+    return {"VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}-{cores[-1]}" if contiguous else ",".join(map(str, cores)),
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
+def use_every_core_for_vllm_cpu() -> None:
+    """absence-lm-eval's default: `vllm_cpu_every_core`, unless the user set those variables."""
+    for name, value in vllm_cpu_every_core().items():
+        os.environ.setdefault(name, value)
 
 
 def main() -> None:

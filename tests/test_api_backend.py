@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from absence_tasks.lm_eval_models import vllm_cpu_every_core
+
 N_INSTANCES = 3
 
 
@@ -26,8 +28,10 @@ def free_port() -> int:
 
 
 def lm_eval_env(tmp_path: Path) -> dict:
-    return {**os.environ, "REVERSE_NEEDLE_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # The server's engine gets the thread binding absence-lm-eval gives its own vLLM backend: the same thread
+    # count, hence the same floating-point sums and the same greedy answers.
+    return {**os.environ, **vllm_cpu_every_core(), "REVERSE_NEEDLE_CACHE": str(tmp_path / "cache"),
+            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def chat_api_args(port: int, model: str = "smollm2", tokenizer: Path | None = None) -> list[str]:

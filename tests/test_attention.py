@@ -256,7 +256,7 @@ def test_cli_end_to_end_writes_summary_figures_and_comparison(tiny_llama_dir, cl
             assert best["ratio"] == max(max(row) for row in stats["mean_ratio"])
             assert best["ci"][0] <= best["ratio"] <= best["ci"][1]
             assert stats["mean_over_heads"]["ci"][0] <= stats["mean_over_heads"]["ratio"] <= stats["mean_over_heads"]["ci"][1]
-            assert group["f1_correlation"][measure]["n"] == group["n_instances"]
+            assert group["f1_correlation"][kind]["n"] == group["n_instances"]
     records = summary["instances"]
     assert [r["id"] for r in records] == instance_ids
     assert all(r["ratio_flank"] > 0 and r["ratio_omitted"] > 0 and 1 <= r["n_queries"] <= 2 for r in records)
