@@ -143,8 +143,8 @@ def check_api_server(base_url: str, model: str, auth_token: str | None = None, t
 
 def vllm_cpu_every_core() -> dict[str, str]:
     """The environment that binds vLLM's CPU engine to every core this process may run on. By default the
-    engine keeps one core in reserve (on 2 cores: one computing core); measured on the 2-core machine,
-    binding both generated the same 20 poetry answers in 33 s instead of 47 s. Start a `vllm serve` with it
+    engine keeps one core in reserve (on 2 cores: one computing core); measured on the 2-core machine (issue
+    12), binding both generated the same 20 poetry answers in 33 s instead of 47 s. Start a `vllm serve` with it
     too, or its answers come from another thread count than absence-lm-eval's own vLLM backend's."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if not cores:

@@ -45,7 +45,6 @@ from trainers.config import AbsenceSFTConfig, ContrastiveConfig, ScriptArguments
 from trainers.contrastive import build_contrastive_trainer
 from trainers.data import curriculum_instances, drop_overlong, encode, load_training_instances
 from trainers.losses import next_token_targets, step_flops, token_cross_entropy
-from trainers.recipe import curriculum_stages
 from trainers.run import load_model, load_tokenizer
 from trainers.sft import build_sft_trainer
 
@@ -72,12 +71,10 @@ def bucket_instances(bucket: str, per_domain: int):
     """The instances of a length bucket: `short`, the curriculum's first stage; `full`, the preset's lengths."""
     if bucket == "full":
         return load_training_instances(DOMAINS, ["omission"], per_domain, 0)
-    out = []
-    for domain in DOMAINS:
-        config = default_config(domain)
-        stages = curriculum_stages(4, config.min_lines, config.max_lines, 4)
-        out += curriculum_instances(domain, "omission", per_domain * len(stages), 0, config, 4, 4)[:per_domain]
-    return out
+    # Four stages of per_domain instances each; the first per_domain are stage 0's.
+    return [instance for domain in DOMAINS
+            for instance in curriculum_instances(domain, "omission", 4 * per_domain, 0, default_config(domain), 4,
+                                                 4)[:per_domain]]
 
 
 class StepTimer(TrainerCallback):

@@ -115,7 +115,7 @@ class AbsenceTrainer(SFTTrainer):
     def _get_train_sampler(self, train_dataset=None):
         if self.curriculum_stages is None:
             return super()._get_train_sampler(train_dataset)
-        return CurriculumSampler(self.curriculum_stages, self.progress, seed=self.args.data_seed or self.args.seed,
+        return CurriculumSampler(self.curriculum_stages, self.progress, seed=self.args.seed if self.args.data_seed is None else self.args.data_seed,
                                  ramp=self.curriculum_ramp)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
