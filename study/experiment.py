@@ -69,8 +69,8 @@ class Plan:
     n_train: int             # train instances per domain (a length curriculum)
     seed: int
     train_domains: tuple[str, ...] = DOMAINS  # fewer: cross-domain transfer to the left-out ones
-    curve_instances_per_domain: int = 10     # the trainers' learning curve (validation split)
-    curve_every_steps: int = 100
+    curve_instances_per_domain: int = 6      # the trainers' learning curve (validation split)
+    curve_every_steps: int = 150
 
     @property
     def task_groups(self) -> tuple[str, ...]:
@@ -95,10 +95,11 @@ def make_plan(train_seconds: float, backend: str, seed: int, n_eval: int = 100, 
     if n_eval < 1 or n_eval_placeholder < 0:
         raise StudyError("--n-eval must be >= 1 and --n-eval-placeholder >= 0")
     n_train = max(20, min(5000, round(train_seconds * PLANNED_INSTANCES_PER_SECOND / len(train_domains))))
-    # The learning curve costs evaluation time: a short run gets a smaller validation set.
-    curve = 10 if train_seconds >= 20 * 60 else 3
+    # The learning curve costs evaluation time (≈ 7 s per validation instance on 2 cores, on top of the training
+    # budget): a short run gets a smaller validation set; a 30-minute run (≈ 400 steps) gets four points.
+    curve = 6 if train_seconds >= 20 * 60 else 3
     return Plan(round(train_seconds, 1), backend, n_eval, n_eval_placeholder, n_train, seed, tuple(train_domains),
-                curve_instances_per_domain=curve)
+                curve_instances_per_domain=curve, curve_every_steps=150)
 
 
 def default_backend() -> str:

@@ -24,7 +24,7 @@ def test_a_plan_trains_for_the_time_asked_and_evaluates_on_top(minutes):
     # More train instances than the time gets through (each domain's share, with room to spare).
     assert plan.n_train * len(plan.train_domains) >= minutes * 60 * PLANNED_INSTANCES_PER_SECOND - 3
     assert plan.estimated_seconds() > 2 * plan.train_seconds  # evaluation comes on top of training
-    assert plan.curve_instances_per_domain == (10 if minutes >= 20 else 3)
+    assert plan.curve_instances_per_domain == (6 if minutes >= 20 else 3)
     assert make_plan(60, "hf", 0, n_eval=20, n_eval_placeholder=0).task_groups == ("absencebench",)
 
 

@@ -137,10 +137,11 @@ class AbsenceSFTConfig(SFTConfig):
                           "(default: --seed)."})
     learning_rate: float = field(default=LEARNING_RATE, metadata={"help": "Peak AdamW learning rate."})
     # A CPU hour is a few hundred documents: one instance per micro-batch (no padding, so no FLOPs spent on
-    # it) and two per optimizer step make hundreds of updates where batches of 8 made a handful.
+    # it) and per optimizer step. Two per step made 194 updates in 30 minutes (results/recipe-sft-30m); one
+    # makes twice as many, where batches of 8 made a handful.
     per_device_train_batch_size: int = field(default=1, metadata={"help": "Instances per device per micro-batch."})
     gradient_accumulation_steps: int = field(
-        default=2, metadata={"help": "Micro-batches accumulated per optimizer step."})
+        default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
     lr_scheduler_type: str = field(
         default="cosine", metadata={"help": "Learning-rate decay after the warm-up. With a FLOP or time budget it "
                                             "runs over the budget (cosine, linear, constant, cosine_with_min_lr), "
