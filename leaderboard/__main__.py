@@ -13,6 +13,8 @@ import sys
 from absence_tasks.io import run_command
 from absence_tasks.schema import DataError
 from leaderboard.compare import compare
+from leaderboard.probe import DEFAULT_FEATURE_SET, add_probe
+from leaderboard.probe import describe as describe_probe
 from leaderboard.publish import add_reported, publish
 from leaderboard.render import comparison_label, format_difference, format_estimate, format_p, render
 from leaderboard.schema import LeaderboardError, format_key, load, row_key
@@ -21,6 +23,7 @@ EPILOG = """examples:
   python -m leaderboard publish results/zero-shot --out leaderboard/leaderboard.json --model-name smollm2-135m
   python -m leaderboard add-reported --out leaderboard/leaderboard.json
   python -m leaderboard compare leaderboard/leaderboard.json smollm2-135m-contrastive smollm2-135m-sft
+  python -m leaderboard add-probe leaderboard/leaderboard.json smollm2-135m@zero-shot results/probe/smollm2-135m-base/summary.json
   python -m leaderboard render leaderboard/leaderboard.json --out leaderboard/page --screenshot
   python -m leaderboard validate leaderboard/leaderboard.json
 """
@@ -48,6 +51,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"{a} - {b}, {c['task']} F1: {format_difference(c)} points (95% CI), n={c['n_instances']} shared "
           f"instances, p {p if p.startswith('<') else '= ' + p} ({c['n_resamples']} paired resamples); "
           f"stored in {args.leaderboard}")
+
+
+def cmd_add_probe(args: argparse.Namespace) -> None:
+    row = add_probe(args.leaderboard, args.row, args.summary, probe_model=args.probe_model,
+                    feature_set=args.feature_set)
+    print(f"{describe_probe(row)} -> {args.leaderboard}")
 
 
 def cmd_render(args: argparse.Namespace) -> None:
@@ -106,6 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-resamples", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_compare)
+
+    p = commands.add_parser(
+        "add-probe", help="attach a gap probe's AUROC to a row",
+        description="Store the overall AUROC (with its CI), average precision and per-domain AUROC of one "
+                    "model's gap probe (the summary.json of python -m analysis.probe) in a row; the page "
+                    "shows it as a column. A row published again keeps it while its checkpoint is the same.")
+    p.add_argument("leaderboard", metavar="LEADERBOARD")
+    p.add_argument("row", metavar="ROW", help="model, model@method or model@method@suite")
+    p.add_argument("summary", metavar="SUMMARY", help="the probe's summary.json")
+    p.add_argument("--probe-model", help="the model's label in the summary (default: its only model)")
+    p.add_argument("--feature-set", default=DEFAULT_FEATURE_SET,
+                   help=f"the probe's feature set (default {DEFAULT_FEATURE_SET}: attention statistics that need "
+                        f"no gold alignment)")
+    p.set_defaults(run=cmd_add_probe)
 
     p = commands.add_parser(
         "render", help="write leaderboard.md, index.html and f1_by_domain.png",

@@ -13,8 +13,9 @@ from leaderboard.schema import (OMISSION_TASKS, LeaderboardError, format_key, ke
 from leaderboard.stats import paired_bootstrap, paired_bootstrap_average
 
 
-def select_row(doc: dict[str, Any], selector: str, where: str) -> dict[str, Any]:
-    """A row by `model`, `model@method` or `model@method@suite_id`; must be exactly one."""
+def select_row(doc: dict[str, Any], selector: str, where: str, *, need_per_instance: bool = True) -> dict[str, Any]:
+    """A row by `model`, `model@method` or `model@method@suite_id`; must be exactly one (and, for a paired
+    test, have per-instance scores)."""
     parts = selector.split("@")
     if not 1 <= len(parts) <= 3 or not all(parts):
         raise LeaderboardError(f"{where}: bad row selector {selector!r} (model, model@method or model@method@suite)")
@@ -26,7 +27,7 @@ def select_row(doc: dict[str, Any], selector: str, where: str) -> dict[str, Any]
         raise LeaderboardError(f"{where}: {selector!r} matches {len(matches)} rows ({names}); name one as "
                                f"model@method@suite")
     row = matches[0]
-    if "per_instance" not in row:
+    if need_per_instance and "per_instance" not in row:
         what = "a reported row" if row["method"] == "reported" else "published without samples"
         raise LeaderboardError(f"{where}: row {format_key(row_key(row))} has no per-instance scores ({what})")
     return row

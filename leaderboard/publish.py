@@ -33,6 +33,7 @@ from tqdm import tqdm
 from absence_tasks.io import check_output, locked
 from absence_tasks.loading import DataSettings
 from absence_tasks.schema import DataError, iter_json_records
+from leaderboard.probe import carry_probe
 from leaderboard.reported import reported_rows
 from leaderboard.schema import OMISSION_TASKS, LeaderboardError, format_key, load, row_key, save
 from leaderboard.stats import average_ci, bootstrap_ci
@@ -396,10 +397,12 @@ def build_row(results_path: Path, *, method: str | None = None, model_name: str 
 def merge_rows(doc: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Add rows, replacing rows with the same key and dropping comparisons that involved a replaced row."""
     new_keys = {row_key(r) for r in rows}
+    old_rows = {row_key(r): r for r in doc["rows"]}
     kept = [r for r in doc["rows"] if row_key(r) not in new_keys]
     comparisons = [c for c in doc.get("comparisons", [])
                    if not {_comparison_key(c, "row_a"), _comparison_key(c, "row_b")} & new_keys]
-    return {**doc, "rows": kept + list(rows), "comparisons": comparisons}
+    rows = [carry_probe(old_rows[row_key(r)], r) if row_key(r) in old_rows else r for r in rows]
+    return {**doc, "rows": kept + rows, "comparisons": comparisons}
 
 
 def _comparison_key(comparison: dict[str, Any], side: str) -> tuple[str, str, str]:

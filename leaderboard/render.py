@@ -208,6 +208,19 @@ def _training_cell(training: dict[str, Any] | None) -> Cell:
     return Cell(format_training(training), None if training is None else training["flops"])
 
 
+def _probe_cell(probe: dict[str, Any] | None) -> Cell:
+    """`0.76 [0.72, 0.80]` (an AUROC, 0.5 = chance) with the feature set and gap base rate under it."""
+    if probe is None:
+        return Cell(NO_VALUE)
+    auroc = probe["auroc"]
+    text = f"{auroc['value']:.2f}"
+    if auroc["ci_low"] is not None and auroc["ci_high"] is not None:
+        text += f" [{auroc['ci_low']:.2f}, {auroc['ci_high']:.2f}]"
+    note = (f"{probe['feature_set']} features, {probe['n_instances']} instances, "
+            f"gaps {100 * probe['base_rate']:.1f}% of lines")
+    return Cell(text, auroc["value"], notes=(note,))
+
+
 def measured_table(rows: list[dict[str, Any]]) -> Table:
     rank = {row_key(row): k for k, row in enumerate(rows, 1)}  # a row's key is unique in a leaderboard
 
@@ -225,6 +238,8 @@ def measured_table(rows: list[dict[str, Any]]) -> Table:
         number_column("Training", lambda row: _training_cell(row["training"]), left_aligned=True),
         text_column("Backend", lambda row: row["backend"]),
     ]
+    if any("probe" in row for row in rows):  # attached by add-probe
+        columns.insert(len(columns) - 3, number_column("Gap probe AUROC", lambda row: _probe_cell(row.get("probe"))))
     return make_table("measured", columns, rows, key=lambda row: format_key(row_key(row)))
 
 

@@ -172,7 +172,7 @@ def test_publish_scores_the_oracle_one_and_the_empty_model_zero(lm_eval_runs, tm
     assert oracle["lm_eval_version"] == "0.4.13"
     assert oracle["source"] == str(results_file(lm_eval_runs["absence-oracle"]))
     assert (oracle["training"], oracle["checkpoint_sha256"]) == (None, None)
-    assert "valid (schema 1.2, 2 rows" in cli("validate", board, cwd=tmp_path).stdout
+    assert "valid (schema 1.3, 2 rows" in cli("validate", board, cwd=tmp_path).stdout
 
 
 def test_publishing_again_replaces_the_row_and_its_stale_comparisons(lm_eval_runs, tmp_path):
@@ -326,7 +326,7 @@ def a_valid_doc() -> dict:
      "rows[0].tasks.absence_poetry.f1.value", "1.5 is greater than the maximum of 1"),
     (lambda d: d["rows"][0].update(method="magic"), "rows[0].method", "'magic' is not one of"),
     (lambda d: d["rows"][0].pop("suite"), "rows[0]", "'suite' is a required property"),
-    (lambda d: d.update(schema_version="2.0"), "schema_version", "'2.0' is not one of ['1.0', '1.1', '1.2']"),
+    (lambda d: d.update(schema_version="2.0"), "schema_version", "'2.0' is not one of ['1.0', '1.1', '1.2', '1.3']"),
     (lambda d: d["rows"][0].update(method="reported", backend=None), "rows[0].per_instance", "not allowed here"),
     (lambda d: d["rows"].append(dict(d["rows"][0])), "rows[1]", "a second row for m@zero-shot@s1"),
     (lambda d: d.update(comparisons=[{
@@ -351,7 +351,7 @@ def test_a_version_1_0_file_is_read_and_written_back_at_the_current_version(tmp_
     old["schema_version"] = "1.0"  # 1.0 had no training.instances; its rows are valid 1.1 rows
     board.write_text(json.dumps(old))
     save(board, load(board))
-    assert json.loads(board.read_text())["schema_version"] == "1.2"
+    assert json.loads(board.read_text())["schema_version"] == "1.3"
 
 
 def test_an_invalid_document_is_never_written_and_validate_reports_it(tmp_path):

@@ -5,7 +5,6 @@ and the CLI end to end (two tiny random Llamas) and on bad input."""
 import json
 import subprocess
 import sys
-from argparse import Namespace
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from analysis import common
 from analysis.attention import positions
 from analysis.probe import classifier, features
 from analysis.probe import cli as probe_cli
+from analysis.probe.options import ProbeOptions
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHORT = {domain: replace(default_config(domain), min_lines=10, max_lines=30) for domain in DOMAINS}
@@ -143,8 +143,8 @@ def test_hooked_features_equal_a_full_forward_pass_and_have_the_documented_shape
 
 # ---- the probe -----------------------------------------------------------------------------------------
 
-def _settings(**overrides) -> Namespace:
-    return Namespace(**({"C": 1.0, "folds": 5, "seed": 0, "bootstrap": 200} | overrides))
+def _settings(**overrides) -> ProbeOptions:
+    return ProbeOptions(**({"models": {"m": "unused"}, "data": "unused", "out": "unused", "bootstrap": 200} | overrides))
 
 
 def _rows_from_attention(instances, tokenizer, attend, seed=0) -> classifier.Rows:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import fields
 from pathlib import Path
 
 from absence_tasks.io import run_command
 from absence_tasks.schema import DOMAINS
-from analysis.attention.measure import SUMMARY_NAME, run_analysis, run_compare
+from analysis.attention.measure import SUMMARY_NAME, AttentionOptions, run_analysis, run_compare
+
+
+# The defaults live in AttentionOptions; the flags show them.
+DEFAULTS = AttentionOptions(model="", data="", out="")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,15 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--domain", choices=DOMAINS, help="domain of an upstream AbsenceBench file")
     parser.add_argument("--generate", action="store_true",
                         help="also measure the greedily generated answer tokens (and score the answer)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="generation budget with --generate")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens,
+                        help="generation budget with --generate")
     parser.add_argument("--label", help="name of this checkpoint in figures (default: the model folder's name)")
     parser.add_argument("--no-chat-template", action="store_true", help="feed the raw prompt, no chat template")
     parser.add_argument("--scores", help="per-instance scores JSONL (absence-bench score --out) to correlate with")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the baseline draws and the bootstrap")
-    parser.add_argument("--baseline-draws", type=int, default=32, help="random position sets per instance")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
-    parser.add_argument("--strips", type=int, default=2, help="draw strip figures for the first N instances of each domain")
-    parser.add_argument("--prefill-chunk", type=int, default=512,
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the baseline draws and the bootstrap")
+    parser.add_argument("--baseline-draws", type=int, default=DEFAULTS.baseline_draws,
+                        help="random position sets per instance")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULTS.bootstrap, help="bootstrap resamples for the CIs")
+    parser.add_argument("--strips", type=int, default=DEFAULTS.strips,
+                        help="draw strip figures for the first N instances of each domain")
+    parser.add_argument("--prefill-chunk", type=int, default=DEFAULTS.prefill_chunk,
                         help="prompt tokens per prefill step (bounds the eager attention memory)")
     return parser
 
@@ -51,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             run_compare(args.compare, args.out)
             print(f"{Path(args.out) / 'comparison.png'}: {len(args.compare)} runs compared")
         else:
-            summary = run_analysis(args)
+            options = AttentionOptions(**{f.name: getattr(args, f.name) for f in fields(AttentionOptions)})
+            summary = run_analysis(options)
             overall = summary["groups"]["overall"]
             print(f"{Path(args.out) / SUMMARY_NAME}: {summary['n_instances']} instances; mean gap-attention ratio "
                   f"flank {overall['flank']['mean_over_heads']['ratio']:.3f}, "

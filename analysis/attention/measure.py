@@ -4,7 +4,6 @@ draws earlier runs side by side."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -227,25 +226,43 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def _check_options(args: argparse.Namespace) -> None:
-    checks = [(args.n is None or args.n >= 1, "--n must be at least 1"),
-              (args.max_new_tokens >= 1, "--max-new-tokens must be at least 1"),
-              (args.baseline_draws >= 1, "--baseline-draws must be at least 1"),
-              (args.bootstrap >= 10, "--bootstrap must be at least 10"),
-              (args.strips >= 0, "--strips must not be negative"),
-              (args.prefill_chunk >= 1, "--prefill-chunk must be at least 1")]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+@dataclass(frozen=True)
+class AttentionOptions:
+    """One attention analysis: which checkpoint on which data, and how (the CLI's flags, one field each)."""
+    model: str
+    data: str
+    out: str
+    n: int | None = None  # at most N instances per domain, in file order
+    domain: str | None = None  # the domain of an upstream AbsenceBench file
+    generate: bool = False  # also measure (and score) the greedily generated answer tokens
+    max_new_tokens: int = 64
+    label: str | None = None  # the checkpoint's name in figures (default: its folder's name)
+    no_chat_template: bool = False
+    scores: str | None = None  # per-instance scores JSONL to correlate the ratios with
+    seed: int = 0
+    baseline_draws: int = 32
+    bootstrap: int = 1000
+    strips: int = 2
+    prefill_chunk: int = 512
+
+    def __post_init__(self) -> None:
+        checks = [(self.n is None or self.n >= 1, "--n must be at least 1"),
+                  (self.max_new_tokens >= 1, "--max-new-tokens must be at least 1"),
+                  (self.baseline_draws >= 1, "--baseline-draws must be at least 1"),
+                  (self.bootstrap >= 10, "--bootstrap must be at least 10"),
+                  (self.strips >= 0, "--strips must not be negative"),
+                  (self.prefill_chunk >= 1, "--prefill-chunk must be at least 1")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
 
-def run_analysis(args: argparse.Namespace) -> dict[str, Any]:
+def run_analysis(args: AttentionOptions) -> dict[str, Any]:
     from tqdm import tqdm
 
     from absence_tasks.loading import load_instances
     from absence_tasks.scoring import score_response
 
-    _check_options(args)
     out = Path(args.out)
     check_output_dir(out)
     instances = select_instances(load_instances(args.data, args.domain), args.n)

@@ -4,7 +4,6 @@ the largest coefficients."""
 
 from __future__ import annotations
 
-import argparse
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +13,7 @@ import numpy as np
 from absence_tasks.schema import DOMAINS, DataError, Instance
 from analysis.common import CONFIDENCE_LEVEL
 from analysis.probe.features import STATISTICS, LineQueries
+from analysis.probe.options import ProbeOptions
 
 LABEL_FREE_STATISTICS = ("original", "lookback_ratio")
 FEATURE_SET_DESCRIPTIONS = {
@@ -122,14 +122,14 @@ def comparison_rng(seed: int, *names: str) -> np.random.Generator:
 
 
 def evaluate_feature_set(rows: Rows, feature_set: str, folds: list[tuple[np.ndarray, np.ndarray]],
-                         args: argparse.Namespace, label: str) -> dict[str, Any]:
+                         options: ProbeOptions, label: str) -> dict[str, Any]:
     """Pooled grouped cross-validation (overall and per domain) and the domain transfer matrix."""
     features = rows.features(feature_set)
-    scores = out_of_fold_scores(features, features, rows.labels, folds, args.C)
+    scores = out_of_fold_scores(features, features, rows.labels, folds, options.C)
 
     def metrics(mask: np.ndarray, row_scores: np.ndarray, *names: str) -> dict[str, Any]:
         return bootstrap_metrics(rows.labels[mask], row_scores[mask], rows.groups[mask],
-                                 comparison_rng(args.seed, label, feature_set, *names), args.bootstrap)
+                                 comparison_rng(options.seed, label, feature_set, *names), options.bootstrap)
 
     everything = np.ones(len(rows.labels), dtype=bool)
     present = [d for d in DOMAINS if (rows.domains == d).any()]
@@ -143,10 +143,10 @@ def evaluate_feature_set(rows: Rows, feature_set: str, folds: list[tuple[np.ndar
         for train_domain in present:
             train = rows.domains == train_domain
             within = np.flatnonzero(train)
-            local_folds = [(within[a], within[b]) for a, b in grouped_folds(rows.groups[within], args.folds)]
-            within_scores = out_of_fold_scores(features, features, rows.labels, local_folds, args.C)
+            local_folds = [(within[a], within[b]) for a, b in grouped_folds(rows.groups[within], options.folds)]
+            within_scores = out_of_fold_scores(features, features, rows.labels, local_folds, options.C)
             # Off the diagonal every training row is of another domain, so one probe on all of them serves.
-            across_scores = fit_probe(features[train], rows.labels[train], args.C).decision_function(features)
+            across_scores = fit_probe(features[train], rows.labels[train], options.C).decision_function(features)
             matrix[train_domain] = {}
             for test_domain in present:
                 test = rows.domains == test_domain

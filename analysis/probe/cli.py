@@ -27,6 +27,7 @@ from analysis.probe.classifier import (FEATURE_SET_DESCRIPTIONS, HIDDEN_DESCRIPT
 from analysis.probe.features import (STATISTIC_DESCRIPTIONS, STATISTICS, LineQueries, line_features, line_queries,
                                      statistics_from_masses)
 from analysis.probe.figures import auroc_figure, coefficient_figure
+from analysis.probe.options import ProbeOptions
 
 PROGRAM = "probe"
 SUMMARY_NAME = "summary.json"
@@ -34,33 +35,19 @@ SUMMARY_NAME = "summary.json"
 
 # ---- the run -------------------------------------------------------------------------------------
 
-def parse_models(args: argparse.Namespace) -> dict[str, str]:
-    """label -> checkpoint path, from --model PATH or --models LABEL=PATH ..."""
-    if args.model:
-        return {args.label or Path(args.model).name: args.model}
+def parse_models(model: str | None, label: str | None, items: Sequence[str] | None) -> dict[str, str]:
+    """label -> checkpoint path, from --model PATH [--label L] or --models LABEL=PATH ..."""
+    if model:
+        return {label or Path(model).name: model}
     models: dict[str, str] = {}
-    for item in args.models:
-        label, separator, path = item.partition("=")
-        if not separator or not label or not path:
+    for item in items or ():
+        name, separator, path = item.partition("=")
+        if not separator or not name or not path:
             raise ValueError(f"--models takes LABEL=PATH items, got {item!r}")
-        if label in models:
-            raise ValueError(f"--models: label {label!r} given twice")
-        models[label] = path
+        if name in models:
+            raise ValueError(f"--models: label {name!r} given twice")
+        models[name] = path
     return models
-
-
-def _check_options(args: argparse.Namespace) -> None:
-    checks = [(args.n is None or args.n >= 1, "--n must be at least 1"),
-              (args.folds >= 2, "--folds must be at least 2"),
-              (args.bootstrap >= 10, "--bootstrap must be at least 10"),
-              (args.C > 0, "--C must be positive"),
-              (args.top_heads >= 1, "--top-heads must be at least 1"),
-              (all(layer >= 0 for layer in args.hidden_layer), "--hidden-layer must not be negative"),
-              (len(set(args.hidden_layer)) == len(args.hidden_layer), "--hidden-layer lists a layer twice"),
-              (args.prefill_chunk >= 1, "--prefill-chunk must be at least 1")]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
 
 
 def _model_shape(config: Any) -> dict[str, int]:
@@ -68,7 +55,7 @@ def _model_shape(config: Any) -> dict[str, int]:
             "hidden_size": int(config.hidden_size)}
 
 
-def extract_rows(path: str, instances: Sequence[Instance], args: argparse.Namespace, label: str
+def extract_rows(path: str, instances: Sequence[Instance], args: ProbeOptions, label: str
                  ) -> tuple[Rows, list[LineQueries], bool]:
     """Run one checkpoint over every instance: the probe's rows, each instance's queries, and whether the
     chat template was used."""
@@ -114,14 +101,14 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def run_probe(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+def run_probe(args: ProbeOptions, argv: Sequence[str]) -> dict[str, Any]:
+    """Probe every checkpoint of `args.models` on `args.data`; `argv` is the command recorded in the summary."""
     from absence_tasks.loading import load_instances
     from absence_tasks.models import load_checkpoint_or_die
 
-    _check_options(args)
     out = Path(args.out)
     check_output_dir(out)
-    models = parse_models(args)
+    models = args.models
     loaded = select_instances(load_instances(args.data, args.domain), args.n)
     instances = [i for i in loaded if i.variant != "needle"]
     if not instances:
@@ -189,7 +176,7 @@ def run_probe(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "models": {label: {"path": path, **shapes[label]} for label, path in models.items()},
         "settings": {"chat_template": chat_template, "n_per_domain": args.n, "seed": args.seed, "folds": len(folds),
                      "C": args.C, "bootstrap_resamples": args.bootstrap, "confidence_level": CONFIDENCE_LEVEL,
-                     "hidden_layers": args.hidden_layer, "prefill_chunk": args.prefill_chunk,
+                     "hidden_layers": list(args.hidden_layer), "prefill_chunk": args.prefill_chunk,
                      "query": "the first token of each modified copy line that has text"},
         "statistics": STATISTIC_DESCRIPTIONS,
         "feature_sets": {fs: FEATURE_SET_DESCRIPTIONS.get(fs) or HIDDEN_DESCRIPTION.format(layer=fs.split("_")[1])
@@ -224,6 +211,10 @@ def json_dumps(summary: dict[str, Any]) -> str:
 
 # ---- command line --------------------------------------------------------------------------------
 
+# The defaults live in ProbeOptions; the flags show them.
+DEFAULTS = ProbeOptions(models={"": ""}, data="", out="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m analysis.probe",
@@ -242,12 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also probe the hidden state after layer N (0 = the query token's embedding; "
                              "several layers may be given)")
     parser.add_argument("--no-chat-template", action="store_true", help="feed the raw prompt, no chat template")
-    parser.add_argument("--folds", type=int, default=5, help="grouped cross-validation folds (by instance)")
-    parser.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
-    parser.add_argument("--top-heads", type=int, default=10, help="how many of the largest coefficients to list")
-    parser.add_argument("--prefill-chunk", type=int, default=256,
+    parser.add_argument("--folds", type=int, default=DEFAULTS.folds, help="grouped cross-validation folds (by instance)")
+    parser.add_argument("--C", type=float, default=DEFAULTS.C, help="inverse L2 strength of the logistic regression")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the bootstrap")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULTS.bootstrap, help="bootstrap resamples for the CIs")
+    parser.add_argument("--top-heads", type=int, default=DEFAULTS.top_heads, help="how many of the largest coefficients to list")
+    parser.add_argument("--prefill-chunk", type=int, default=DEFAULTS.prefill_chunk,
                         help="prompt tokens per forward step (bounds the eager attention memory)")
     return parser
 
@@ -258,7 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     def run() -> None:
         started = time.perf_counter()
-        summary = run_probe(args, argv)
+        options = ProbeOptions(
+            models=parse_models(args.model, args.label, args.models), data=args.data, out=args.out, n=args.n,
+            domain=args.domain, hidden_layer=tuple(args.hidden_layer), no_chat_template=args.no_chat_template,
+            folds=args.folds, C=args.C, seed=args.seed, bootstrap=args.bootstrap, top_heads=args.top_heads,
+            prefill_chunk=args.prefill_chunk)
+        summary = run_probe(options, argv)
         for label, result in summary["results"].items():
             overall = result["feature_sets"]["attention"]["overall"]
             print(f"{Path(args.out) / SUMMARY_NAME}: {label}: {summary['n_instances']} instances, "

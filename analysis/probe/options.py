@@ -1,0 +1,36 @@
+"""What one probe run is: the checkpoints, the data, and the probe's settings (the CLI's flags, one field each)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    models: dict[str, str]  # label -> local checkpoint directory; several: one architecture, with transfer
+    data: str
+    out: str
+    n: int | None = None  # at most N instances per domain, in file order
+    domain: str | None = None  # the domain of an upstream AbsenceBench file
+    hidden_layer: tuple[int, ...] = ()  # also probe the hidden state after these layers (0 = the embedding)
+    no_chat_template: bool = False
+    folds: int = 5  # grouped cross-validation folds (by instance)
+    C: float = 1.0  # inverse L2 strength of the logistic regression
+    seed: int = 0  # of the bootstrap
+    bootstrap: int = 1000
+    top_heads: int = 10
+    prefill_chunk: int = 256  # prompt tokens per forward step (bounds the eager attention memory)
+
+    def __post_init__(self) -> None:
+        checks = [(bool(self.models), "no model to probe"),
+                  (self.n is None or self.n >= 1, "--n must be at least 1"),
+                  (self.folds >= 2, "--folds must be at least 2"),
+                  (self.bootstrap >= 10, "--bootstrap must be at least 10"),
+                  (self.C > 0, "--C must be positive"),
+                  (self.top_heads >= 1, "--top-heads must be at least 1"),
+                  (all(layer >= 0 for layer in self.hidden_layer), "--hidden-layer must not be negative"),
+                  (len(set(self.hidden_layer)) == len(self.hidden_layer), "--hidden-layer lists a layer twice"),
+                  (self.prefill_chunk >= 1, "--prefill-chunk must be at least 1")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
