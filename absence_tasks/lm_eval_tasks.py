@@ -27,7 +27,7 @@ from typing import Any
 from lm_eval.api.task import ConfigurableTask
 
 from absence_tasks.loading import load_instances_for_task
-from absence_tasks.prompts import render_answer, render_prompt, template_name
+from absence_tasks.prompts import render_answer, render_prompt, render_scratchpad, template_name
 from absence_tasks.schema import PLACEHOLDER, DataError, Instance, from_hf_dataset, to_hf_dataset
 from absence_tasks.scoring import micro_f1, score_response
 
@@ -89,13 +89,14 @@ def token_counter(model_args: dict[str, Any]) -> TokenCounter:
         return BYTES
 
 
-def generation_budget(instance: Instance, counter: TokenCounter = BYTES) -> int:
+def generation_budget(instance: Instance, counter: TokenCounter = BYTES, scratchpad: bool = False) -> int:
     """max_gen_toks for one instance, from what the model itself can see: how many lines are missing
     (placeholders, or the length difference of the two documents) and, as their size, the longest in
     tokens of the lines that could be the answer, plus room for list decoration; rounded up to a multiple
     of `GEN_TOKS_STEP` so requests fall into a few groups that backends can batch (capped at
     `MAX_GEN_TOKS`). A perfect answer fits whenever the cap is not reached. Small models often never stop on their own, so this
-    budget is most of an evaluation's cost."""
+    budget is most of an evaluation's cost. With `scratchpad` (a model trained to walk the document first,
+    `render_scratchpad`), the walk's own tokens come on top: the walk is known from the documents alone."""
     if instance.variant == "placeholder":
         n_lines = sum(1 for x in instance.modified_lines if x == PLACEHOLDER)
     else:
@@ -103,7 +104,19 @@ def generation_budget(instance: Instance, counter: TokenCounter = BYTES) -> int:
     pool = instance.modified_lines if instance.variant == "needle" else instance.original_lines
     longest = sorted(counter.counts(pool), reverse=True)[:max(n_lines, 1)]
     bound = 16 + sum(tokens + TOKENS_PER_LINE_DECORATION for tokens in longest)
+    if scratchpad:
+        walk = render_scratchpad(instance).split("\n")
+        bound += sum(tokens + 2 for tokens in counter.counts(walk))  # + its newline, + an edge token
     return min(MAX_GEN_TOKS, max(MIN_GEN_TOKS, GEN_TOKS_STEP * math.ceil(bound / GEN_TOKS_STEP)))
+
+
+def scratchpad_model(metadata: dict[str, Any]) -> bool:
+    """`--metadata '{"scratchpad": true}'`: the model walks the document in <think>…</think> before it answers
+    (trained with `--scratchpad true`), so its budgets include the walk."""
+    value = metadata.get("scratchpad", False)
+    if not isinstance(value, bool):
+        raise DataError(f"metadata scratchpad must be true or false, got {value!r}")
+    return value
 
 
 def context_limit(model_args: dict[str, Any], counter: TokenCounter) -> int | None:
@@ -123,7 +136,8 @@ def dataset_loader(domain: str, variant: str):
     def load(**metadata: Any):
         instances = load_instances_for_task(domain, variant, **metadata)
         counter = token_counter(metadata)
-        budgets = [generation_budget(i, counter) for i in instances]
+        scratchpad = scratchpad_model(metadata)
+        budgets = [generation_budget(i, counter, scratchpad) for i in instances]
         prompt_tokens = counter.counts([render_prompt(i) for i in instances])
         dataset = to_hf_dataset(instances).add_column("max_gen_toks", budgets)
         return {"test": dataset.add_column(PROMPT_TOKENS, prompt_tokens)}

@@ -209,7 +209,12 @@ class Study:
         """lm-eval on the test suite into eval/<name>: the oracle, or a model (default: the base model for
         zero-shot, else models/<name>)."""
         output = self.out / "eval" / name
-        metadata = json.dumps({"data_dir": str(self.out / "data" / "suite")})
+        if name != "oracle":
+            model = model or (self.model if name == "zero-shot" else self.out / "models" / name)
+        settings: dict[str, Any] = {"data_dir": str(self.out / "data" / "suite")}
+        if model is not None and walks_first(model):
+            settings["scratchpad"] = True  # trained to walk the document first: budgets that fit the walk
+        metadata = json.dumps(settings)
         # `absence-lm-eval`: lm_eval's CLI with the project's models (the oracle) and task folder; started
         # through the interpreter so it is the same environment even when the console script is not on PATH.
         lm_eval_cli = [sys.executable, "-c", "from absence_tasks.lm_eval_models import main; main()"]
@@ -218,7 +223,6 @@ class Study:
         if name == "oracle":
             args += ["--model", "absence-oracle"]
         else:
-            model = model or (self.model if name == "zero-shot" else self.out / "models" / name)
             args += ["--apply_chat_template", "--use_cache", str(self.out / "eval" / f".cache-{name}")]
             if self.plan.backend == "vllm":
                 args += ["--model", "vllm", "--batch_size", "auto", "--model_args",
@@ -299,6 +303,16 @@ def training_record(model_dir: Path) -> dict[str, Any]:
     if not (model_dir / "README.md").is_file():
         raise StudyError(f"{model_dir}: no finished model (model card missing); rerun to resume its training")
     return read_model_card(model_dir)
+
+
+def walks_first(model_dir: Path) -> bool:
+    """Whether a checkpoint was trained with `--scratchpad true`: its training record (the trainers' JSON
+    sidecar) says so. A model without one, like the base model, was not."""
+    from trainers.card import RECORD_NAME
+
+    if not (model_dir / RECORD_NAME).is_file():
+        return False
+    return bool(training_record(model_dir).get("script_args", {}).get("scratchpad"))
 
 
 def load_or_make_plan(out: Path, args: argparse.Namespace) -> Plan:

@@ -72,6 +72,12 @@ class ScriptArguments:
         default=True,
         metadata={"help": "Wrap prompt and answer in the tokenizer's chat template (user = prompt, assistant = "
                           "answer), as lm-eval's --apply_chat_template does; false: raw prompt + answer + EOS."})
+    scratchpad: bool = field(
+        default=False,
+        metadata={"help": "Train the answer after a walk through the original inside <think>…</think> (each line's "
+                          "first characters, then 'present' or 'MISSING'; absence_tasks.prompts.render_scratchpad), "
+                          "which the scorer strips. Evaluate such a model with --metadata '{\"scratchpad\": true}' "
+                          "so its generation budgets include the walk."})
     use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters (merged into the saved model)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})

@@ -85,7 +85,8 @@ def _companion(tokenizer, instance: Instance, chat: bool, training_ids: Sequence
 
 
 def contrastive_features(tokenizer, instance: Instance, chat: bool,
-                         hard_negative_kinds: Sequence[str] = HARD_NEGATIVE_KINDS) -> dict[str, Any]:
+                         hard_negative_kinds: Sequence[str] = HARD_NEGATIVE_KINDS,
+                         scratchpad: bool = False) -> dict[str, Any]:
     """Everything the contrastive trainer needs about one instance, as plain lists (a datasets row).
 
     input_ids / labels: the training sequence A, tokenised exactly as for SFT.
@@ -95,7 +96,7 @@ def contrastive_features(tokenizer, instance: Instance, chat: bool,
     same, one entry per hard negative (`hard_negatives(instance, hard_negative_kinds)`).
     alignment: per token of A, the position in B with the same text (-1: none); gap_mask: 1 at the first
     token after each gap."""
-    training = encode(tokenizer, instance, chat)
+    training = encode(tokenizer, instance, chat, scratchpad=scratchpad)
     original_chars, modified_chars = _spans_in_text(training, instance)
     complete = _companion(tokenizer, complete_copy(instance), chat, training.input_ids)
 
@@ -128,10 +129,11 @@ def contrastive_features(tokenizer, instance: Instance, chat: bool,
     return features
 
 
-def contrastive_dataset(tokenizer, instances: Sequence[Instance], chat: bool, hard_negative_kinds: Sequence[str]):
+def contrastive_dataset(tokenizer, instances: Sequence[Instance], chat: bool, hard_negative_kinds: Sequence[str],
+                        scratchpad: bool = False):
     import datasets
 
-    return datasets.Dataset.from_list([contrastive_features(tokenizer, i, chat, hard_negative_kinds)
+    return datasets.Dataset.from_list([contrastive_features(tokenizer, i, chat, hard_negative_kinds, scratchpad)
                                        for i in instances])
 
 
@@ -342,7 +344,7 @@ def build_contrastive_trainer(script_args: ScriptArguments, training_args: Contr
             # Gradient checkpointing turns the key/value cache off, so there is no prefix to reuse.
             share_prefix=training_args.share_prefix_cache and not training_args.gradient_checkpointing)
         dataset = contrastive_dataset(tokenizer, instances, script_args.chat_template,
-                                      training_args.hard_negative_kinds if with_hard else ())
+                                      training_args.hard_negative_kinds if with_hard else (), script_args.scratchpad)
         return ContrastiveTrainer(model=model, args=training_args, processing_class=tokenizer, train_dataset=dataset,
                                   data_collator=collator, peft_config=peft_config, **recipe)
     return build

@@ -96,21 +96,21 @@ def data_sha256(instances: Sequence[Instance]) -> str:
 
 # ---- prompt / completion ----------------------------------------------------------------------------
 
-def prompt_completion(instance: Instance, chat: bool) -> dict[str, Any]:
+def prompt_completion(instance: Instance, chat: bool, scratchpad: bool = False) -> dict[str, Any]:
     """One row of TRL's prompt-completion format: conversational (lists of messages) with the chat
     template, plain strings without it (TRL then appends the EOS token to the completion)."""
-    prompt, answer = render_prompt(instance), render_answer(instance)
+    prompt, answer = render_prompt(instance), render_answer(instance, scratchpad)
     if chat:
         return {"prompt": [{"role": "user", "content": prompt}],
                 "completion": [{"role": "assistant", "content": answer}]}
     return {"prompt": prompt, "completion": answer}
 
 
-def sft_dataset(instances: Sequence[Instance], chat: bool):
+def sft_dataset(instances: Sequence[Instance], chat: bool, scratchpad: bool = False):
     """A `datasets.Dataset` in TRL's prompt-completion format, one row per instance, in order."""
     import datasets
 
-    return datasets.Dataset.from_list([prompt_completion(i, chat) for i in instances])
+    return datasets.Dataset.from_list([prompt_completion(i, chat, scratchpad) for i in instances])
 
 
 @dataclass(frozen=True)
@@ -150,12 +150,12 @@ def _render(tokenizer, prompt: str, answer: str | None, chat: bool) -> str:
     return tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
 
 
-def encode(tokenizer, instance: Instance, chat: bool, with_answer: bool = True) -> Encoded:
+def encode(tokenizer, instance: Instance, chat: bool, with_answer: bool = True, scratchpad: bool = False) -> Encoded:
     """Tokenise an instance as TRL's SFTTrainer does: the completion starts where the tokens of the prompt
     alone (with the generation prompt) and of prompt + completion diverge. Without the answer: the prompt
     as the model sees it at evaluation time, all labels -100."""
     prompt = render_prompt(instance)
-    text = _render(tokenizer, prompt, render_answer(instance) if with_answer else None, chat)
+    text = _render(tokenizer, prompt, render_answer(instance, scratchpad) if with_answer else None, chat)
     prompt_start = text.find(prompt)
     if prompt_start < 0:
         raise ValueError("the tokenizer's chat template changes the prompt text; train with --chat_template false")
@@ -169,12 +169,13 @@ def encode(tokenizer, instance: Instance, chat: bool, with_answer: bool = True) 
     return Encoded(text, input_ids, offsets, labels, prompt_start)
 
 
-def drop_overlong(tokenizer, instances: Sequence[Instance], chat: bool, max_length: int | None) -> list[Instance]:
+def drop_overlong(tokenizer, instances: Sequence[Instance], chat: bool, max_length: int | None,
+                  scratchpad: bool = False) -> list[Instance]:
     """The instances whose tokenised prompt + answer fits in `max_length` tokens (a note on stderr says how
     many were left out); DataError when none does."""
     if max_length is None:
         return list(instances)
-    kept = [i for i in instances if len(encode(tokenizer, i, chat).input_ids) <= max_length]
+    kept = [i for i in instances if len(encode(tokenizer, i, chat, scratchpad=scratchpad).input_ids) <= max_length]
     if not kept:
         raise DataError(f"all {len(instances)} training instances are longer than --max_length {max_length} tokens; "
                         f"raise --max_length or lower --max_lines")

@@ -27,7 +27,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from absence_tasks.schema import Instance
-from absence_tasks.scoring import score_response
+from absence_tasks.scoring import score_response, strip_reasoning
 from trainers.data import encode
 
 REPEATS_TO_STOP = 3
@@ -52,9 +52,12 @@ UNTIL = task_stop_sequence()
 
 
 def repeated_line_count(text: str) -> int:
-    """How often the most repeated complete, non-blank line of `text` occurs (a line still being written,
-    after the last newline, is not counted)."""
-    lines = [line.strip() for line in text.split("\n")[:-1] if line.strip()]
+    """How often the most repeated complete, non-blank line of the answer part of `text` occurs (a line still
+    being written, after the last newline, is not counted). A scratchpad is not the answer: inside an open
+    `<think>` nothing counts (a walk may name a refrain many times), after `</think>` only what follows."""
+    if "<think>" in text and "</think>" not in text:
+        return 0
+    lines = [line.strip() for line in strip_reasoning(text).split("\n")[:-1] if line.strip()]
     if not lines:
         return 0
     return max(lines.count(line) for line in set(lines))
@@ -73,14 +76,15 @@ class StopOnRepeatedLine(StoppingCriteria):
         return torch.full((input_ids.size(0),), done, dtype=torch.bool, device=input_ids.device)
 
 
-def greedy_answer(model, tokenizer, instance: Instance, chat: bool, counter) -> tuple[str, int]:
+def greedy_answer(model, tokenizer, instance: Instance, chat: bool, counter, scratchpad: bool = False
+                  ) -> tuple[str, int]:
     """The model's greedy answer to one instance as lm-eval would ask for it, and its decoded token count."""
     from absence_tasks.lm_eval_tasks import generation_budget
 
     prompt_ids = encode(tokenizer, instance, chat, with_answer=False).input_ids
     input_ids = torch.tensor([prompt_ids], device=next(model.parameters()).device)
     output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                            max_new_tokens=generation_budget(instance, counter),
+                            max_new_tokens=generation_budget(instance, counter, scratchpad),
                             stopping_criteria=StoppingCriteriaList([StopOnRepeatedLine(tokenizer, len(prompt_ids))]),
                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
     new_tokens = output[0, len(prompt_ids):]
@@ -88,7 +92,8 @@ def greedy_answer(model, tokenizer, instance: Instance, chat: bool, counter) -> 
     return text.split(UNTIL, 1)[0], int(new_tokens.numel())
 
 
-def evaluate_f1(model, tokenizer, instances: Sequence[Instance], chat: bool, bf16: bool) -> dict[str, Any]:
+def evaluate_f1(model, tokenizer, instances: Sequence[Instance], chat: bool, bf16: bool, scratchpad: bool = False
+                ) -> dict[str, Any]:
     """Mean F1 per domain (and their mean, `average`) of the greedy answers, with the decode cost."""
     from absence_tasks.lm_eval_tasks import TokenCounter
 
@@ -101,7 +106,7 @@ def evaluate_f1(model, tokenizer, instances: Sequence[Instance], chat: bool, bf1
     autocast = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     with torch.no_grad(), autocast:
         for instance in instances:
-            answer, n_tokens = greedy_answer(model, tokenizer, instance, chat, counter)
+            answer, n_tokens = greedy_answer(model, tokenizer, instance, chat, counter, scratchpad)
             decoded += n_tokens
             by_domain.setdefault(instance.domain, []).append(score_response(instance, answer).f1)
     model.train(was_training)
@@ -123,8 +128,9 @@ class LearningCurve(TrainerCallback, ExportableState):
     more when training stops; the points live in trainer_state.json (`stateful_callbacks`), so a resumed run keeps its curve."""
 
     def __init__(self, instances: Sequence[Instance] = (), tokenizer=None, chat: bool = True, every_steps: int = 0,
-                 points: list[dict[str, Any]] | None = None):
+                 points: list[dict[str, Any]] | None = None, scratchpad: bool = False):
         self.instances, self.tokenizer, self.chat, self.every_steps = list(instances), tokenizer, chat, every_steps
+        self.scratchpad = scratchpad  # the model walks the document first: budgets include the walk
         self.points: list[dict[str, Any]] = list(points or [])
         self.trainer = None  # set by the trainer that owns it (for the accountant's counts and logging)
 
@@ -155,7 +161,8 @@ class LearningCurve(TrainerCallback, ExportableState):
         if not self.instances or (self.points and self.points[-1]["step"] == state.global_step):
             return
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        result = evaluate_f1(model, self.tokenizer, self.instances, self.chat, bf16=bool(args.bf16))
+        result = evaluate_f1(model, self.tokenizer, self.instances, self.chat, bf16=bool(args.bf16),
+                             scratchpad=self.scratchpad)
         accountant = self.trainer.accountant()
         point = {"step": state.global_step, "train_seconds": round(accountant.train_seconds, 1),
                  "flops": accountant.flops, "instances_trained": accountant.instances_trained, **result}

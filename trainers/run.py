@@ -277,7 +277,8 @@ def prepare(method: str, description: str, script_args: ScriptArguments, trainin
                                         curriculum=script_args.curriculum,
                                         curriculum_stages=script_args.curriculum_stages,
                                         curriculum_start_lines=script_args.curriculum_start_lines)
-    instances = drop_overlong(tokenizer, instances, script_args.chat_template, training_args.max_length)
+    instances = drop_overlong(tokenizer, instances, script_args.chat_template, training_args.max_length,
+                              script_args.scratchpad)
     curve_instances = (validation_instances(script_args.domains, script_args.curve_instances_per_domain, data_seed)
                        if script_args.curve_instances_per_domain > 0 else [])
     model = load_model(script_args.model_name_or_path)
@@ -289,7 +290,7 @@ def prepare(method: str, description: str, script_args: ScriptArguments, trainin
     callbacks = [accountant]
     if curve_instances:
         callbacks.append(LearningCurve(curve_instances, tokenizer, script_args.chat_template,
-                                       script_args.curve_every_steps))
+                                       script_args.curve_every_steps, scratchpad=script_args.scratchpad))
     stages = [i.metadata.get("curriculum_stage") for i in instances]
     recipe = {"callbacks": callbacks, "curriculum_ramp": script_args.curriculum_ramp,
               "curriculum_stages": stages if script_args.curriculum and None not in stages else None}

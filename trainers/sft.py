@@ -25,7 +25,7 @@ SFT_DESCRIPTION = ("supervised fine-tuning: causal-LM loss on the answer (the mi
 def build_sft_trainer(script_args: ScriptArguments, training_args: AbsenceSFTConfig):
     def build(model, tokenizer, instances, peft_config, **recipe):
         return AbsenceTrainer(model=model, args=training_args, processing_class=tokenizer,
-                              train_dataset=sft_dataset(instances, script_args.chat_template),
+                              train_dataset=sft_dataset(instances, script_args.chat_template, script_args.scratchpad),
                               peft_config=peft_config, **recipe)
     return build
 

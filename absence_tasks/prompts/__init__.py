@@ -2,7 +2,8 @@
 
 Evaluation (lm-eval `doc_to_text`) and training (trainers.data) both call `render_prompt`, so a model
 is trained on exactly the text it is evaluated on. The answer a model should give is the gold lines,
-one per line (`render_answer`).
+one per line (`render_answer`); a model trained with a scratchpad first walks the document inside
+`<think>…</think>` (`render_scratchpad`), which the scorer strips.
 """
 
 from __future__ import annotations
@@ -46,6 +47,27 @@ def render_prompt(instance: Instance) -> str:
     return render_documents(instance.domain, instance.variant, instance.original_text, instance.modified_text)
 
 
-def render_answer(instance: Instance) -> str:
-    """The reference answer: the gold lines in document order, one per line."""
-    return "\n".join(instance.answer_lines)
+# A scratchpad line names a document line by its first characters: enough to find it again, few tokens.
+SCRATCHPAD_PREFIX_CHARS = 24
+SCRATCHPAD_PRESENT = "present"
+
+
+def render_scratchpad(instance: Instance) -> str:
+    """A walk through the document the answer comes from (the original; for needle, the modified copy), one
+    line per line that has text: its first characters, then whether it is `present` in the other document
+    or `MISSING` (needle: `INSERTED`). Each decision comes right after the line is named, so the model
+    only has to find that line in the other document, where a plain answer must find what is *not* there."""
+    if instance.variant == "needle":
+        pool, marked, mark = instance.modified_lines, set(instance.inserted_indices), "INSERTED"
+    else:
+        pool, marked, mark = instance.original_lines, set(instance.omitted_indices), "MISSING"
+    walk = [f"{line.strip()[:SCRATCHPAD_PREFIX_CHARS].rstrip()} -> "
+            f"{mark if index in marked else SCRATCHPAD_PRESENT}" for index, line in enumerate(pool) if line.strip()]
+    return "<think>\n" + "\n".join(walk) + "\n</think>"
+
+
+def render_answer(instance: Instance, scratchpad: bool = False) -> str:
+    """The reference answer: the gold lines in document order, one per line; with `scratchpad`, after the
+    walk of `render_scratchpad`."""
+    answer = "\n".join(instance.answer_lines)
+    return f"{render_scratchpad(instance)}\n{answer}" if scratchpad else answer
