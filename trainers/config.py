@@ -1,7 +1,7 @@
 """Command-line configuration: one dataclass of script arguments (model, data, LoRA, compute and time budgets) shared
-by both methods, and one training config per method — `AbsenceSFTConfig` (a `trl.SFTConfig`) and
-`ContrastiveConfig` (an `AbsenceSFTConfig` plus the contrastive knobs). `trl.TrlParser` turns them into
-command-line flags, and `--config file.yaml` sets any of them from a YAML file.
+by every method, the recipe options every method shares (`RecipeArguments`), and one training config per method —
+`AbsenceSFTConfig` (a `trl.SFTConfig`) and `ContrastiveConfig` (an `AbsenceSFTConfig` plus the contrastive knobs).
+`trl.TrlParser` turns them into command-line flags, and `--config file.yaml` sets any of them from a YAML file.
 """
 
 from __future__ import annotations
@@ -113,12 +113,16 @@ class ScriptArguments:
         if self.use_peft and (self.lora_r < 1 or self.lora_alpha < 1):
             raise ValueError("--lora_r and --lora_alpha must be >= 1")
 
+    def document_lines(self) -> int | dict[str, int] | None:
+        """The cap on generated documents' lines (`trainers.data.load_training_instances`'s `max_lines`)."""
+        return self.max_lines
+
 
 @dataclass
-class AbsenceSFTConfig(SFTConfig):
-    """`trl.SFTConfig` with defaults for this project: a 135M model trained on CPU or one GPU."""
+class RecipeArguments:
+    """The training recipe's options every method's config shares (a mixin: put it before the TRL config it
+    completes, e.g. `class AbsenceSFTConfig(RecipeArguments, SFTConfig)`), and their CPU handling."""
 
-    output_dir: str | None = field(default="runs/sft", metadata={"help": "Checkpoints and the final model."})
     # Recomputing activations costs a third more compute; a 135M model's activations fit easily, and the
     # contrastive trainer reuses the forward pass's key/value cache, which checkpointing turns off.
     gradient_checkpointing: bool = field(
@@ -135,13 +139,6 @@ class AbsenceSFTConfig(SFTConfig):
         default=None,
         metadata={"help": "Seed of the generated training data (default 0) and of the Trainer's data sampler "
                           "(default: --seed)."})
-    learning_rate: float = field(default=LEARNING_RATE, metadata={"help": "Peak AdamW learning rate."})
-    # A CPU hour is a few hundred documents: one instance per micro-batch (no padding, so no FLOPs spent on
-    # it) and per optimizer step. Two per step made 194 updates in 30 minutes (results/recipe-sft-30m); one
-    # makes twice as many, where batches of 8 made a handful.
-    per_device_train_batch_size: int = field(default=1, metadata={"help": "Instances per device per micro-batch."})
-    gradient_accumulation_steps: int = field(
-        default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
     lr_scheduler_type: str = field(
         default="cosine", metadata={"help": "Learning-rate decay after the warm-up. With a FLOP or time budget it "
                                             "runs over the budget (cosine, linear, constant, cosine_with_min_lr), "
@@ -170,8 +167,24 @@ class AbsenceSFTConfig(SFTConfig):
 
 
 @dataclass
+class AbsenceSFTConfig(RecipeArguments, SFTConfig):
+    """`trl.SFTConfig` with defaults for this project: a 135M model trained on CPU or one GPU."""
+
+    output_dir: str | None = field(default="runs/sft", metadata={"help": "Checkpoints and the final model."})
+    learning_rate: float = field(default=LEARNING_RATE, metadata={"help": "Peak AdamW learning rate."})
+    # A CPU hour is a few hundred documents: one instance per micro-batch (no padding, so no FLOPs spent on
+    # it) and per optimizer step. Two per step made 194 updates in 30 minutes (results/recipe-sft-30m); one
+    # makes twice as many, where batches of 8 made a handful.
+    per_device_train_batch_size: int = field(default=1, metadata={"help": "Instances per device per micro-batch."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
+
+
+@dataclass
 class ContrastiveConfig(AbsenceSFTConfig):
     """The SFT loss plus the two "attend to absence" objectives (see trainers/contrastive.py)."""
+
+    OWN_OPTIONS = "the contrastive ones (from --lambda_seq, at the end)"
 
     output_dir: str | None = field(default="runs/contrastive", metadata={"help": "Checkpoints and the final model."})
     lambda_seq: float = field(
