@@ -175,8 +175,9 @@ def test_the_trainer_trains_on_the_advantages_of_its_mode(tiny_llama_dir, tmp_pa
 
 def test_one_grpo_step_changes_the_weights_and_writes_a_model_card_with_pass_at_k(tiny_llama_dir, tmp_path):
     out = tmp_path / "rl"
-    # No warm-up: its one step would have a learning rate of 0.
-    assert rl.main(rl_flags(tiny_llama_dir, out, "--rl_mode", "nsr", "--warmup_steps", 0, pass_at_k_instances=1)) == 0
+    config = tmp_path / "rl.yaml"  # options from a YAML file too
+    config.write_text("rl_mode: nsr\nwarmup_steps: 0\n")  # no warm-up: its one step would have a learning rate of 0
+    assert rl.main(["--config", str(config), *rl_flags(tiny_llama_dir, out, pass_at_k_instances=1)]) == 0
     base, trained = load_file(tiny_llama_dir / "model.safetensors"), load_file(out / "model.safetensors")
     assert set(base) == set(trained)
     assert any(not torch.equal(base[name], trained[name]) for name in base)
