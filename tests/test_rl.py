@@ -173,6 +173,24 @@ def test_the_trainer_trains_on_the_advantages_of_its_mode(tiny_llama_dir, tmp_pa
     assert accountant.instances_trained == 1 and accountant.tokens_forward_only == trainer.state.num_input_tokens_seen
 
 
+def test_the_data_order_follows_data_seed_and_keeps_each_group_together(tiny_llama_dir, tmp_path):
+    tokenizer = run.load_tokenizer(str(tiny_llama_dir), chat=True)
+    instances = load_training_instances(["numerical"], ["omission"], 8, seed=0, max_lines=5)
+    model = run.load_model(tiny_llama_dir)
+
+    def order(**seeds):
+        args = RLConfig(output_dir=str(tmp_path), report_to="none", num_generations=2, per_device_train_batch_size=2,
+                        precision="fp32", **seeds)
+        trainer = rl.build_rl_trainer(RLScriptArguments(domains=["numerical"]), args)(
+            model, tokenizer, instances, None, callbacks=[ComputeAccountant(1)])
+        return list(trainer._get_train_sampler())
+
+    default, again, other = order(), order(data_seed=42), order(data_seed=7)
+    assert default == again  # --data_seed defaults to --seed (42)
+    assert other != default and sorted(other) == sorted(default) == sorted(list(range(8)) * 2)
+    assert all(other[i] == other[i + 1] for i in range(0, len(other), 2))  # an instance's two samples side by side
+
+
 def test_one_grpo_step_changes_the_weights_and_writes_a_model_card_with_pass_at_k(tiny_llama_dir, tmp_path):
     out = tmp_path / "rl"
     config = tmp_path / "rl.yaml"  # options from a YAML file too

@@ -149,6 +149,14 @@ class AbsenceGRPOTrainer(RecipeMixin, GRPOTrainer):
         self._rewards = None
         self.attach_callbacks()
 
+    def _get_train_sampler(self, dataset=None):
+        # TRL's sampler (each instance num_generations times, batches repeated) draws from --seed; the recipe's
+        # --data_seed, when given, seeds the Trainer's data order instead.
+        sampler = super()._get_train_sampler(dataset)
+        if self.args.data_seed is not None and getattr(sampler, "shuffle", False):
+            sampler.generator.manual_seed(self.args.data_seed)
+        return sampler
+
     def _generate(self, prompts: list):
         generated = super()._generate(prompts)
         if self.model.training:
