@@ -1,6 +1,11 @@
-"""Shared fixtures: a tiny random Llama checkpoint and the prepared SmolLM2 checkpoint."""
+"""Shared fixtures: a tiny random Llama checkpoint, the prepared SmolLM2 checkpoint, and killing a training run at its
+first checkpoint."""
 
+import json
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -25,3 +30,24 @@ def smollm2_dir() -> Path:
 
     cache_root = Path(os.environ.get("REVERSE_NEEDLE_CACHE") or Path.home() / ".cache" / "reverse-needle")
     return prepare_embedded_model(cache_root / "checkpoints" / "smollm2-135m-instruct")
+
+
+@pytest.fixture
+def kill_at_first_checkpoint():
+    """kill(command, out, env, cwd): start a training command, SIGKILL it as soon as its first checkpoint in `out`
+    is complete (the run must still be going then), and return that checkpoint's global step."""
+    def kill(command: list[str], out: Path, env: dict[str, str], cwd: Path, timeout: float = 240.0) -> int:
+        from trainers.run import last_complete_checkpoint
+
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + timeout
+            while last_complete_checkpoint(out) is None and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.05)
+            assert proc.poll() is None, "the run ended before it could be killed"
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+        return json.loads((Path(last_complete_checkpoint(out)) / "trainer_state.json").read_text())["global_step"]
+    return kill

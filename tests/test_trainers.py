@@ -6,10 +6,8 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -386,22 +384,12 @@ def test_lora_is_merged_into_a_plain_checkpoint(tiny_llama_dir, tmp_path):
 
 # ---- reliability ------------------------------------------------------------------------------------
 
-def test_a_run_killed_mid_way_resumes_to_the_right_step(tiny_llama_dir, tmp_path):
+def test_a_run_killed_mid_way_resumes_to_the_right_step(tiny_llama_dir, tmp_path, kill_at_first_checkpoint):
     max_steps = 10  # killed as soon as the first checkpoint (step 2) is complete
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "trainers.sft",
                *flags(tiny_llama_dir, out, max_steps=max_steps, save_steps=2)]
-    proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while run.last_complete_checkpoint(out) is None and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    killed_at = json.loads((Path(run.last_complete_checkpoint(out)) / "trainer_state.json").read_text())["global_step"]
+    killed_at = kill_at_first_checkpoint(command, out, ENV, ROOT)
     assert 0 < killed_at < max_steps
     assert not (out / "config.json").exists() and not (out / "README.md").exists()  # nothing looks finished
 

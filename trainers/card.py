@@ -36,7 +36,9 @@ def model_card(method: str, record: dict[str, Any]) -> str:
     as a JSON block."""
     points = record.get("learning_curve") or []
     return _templates().get_template("model_card.md.jinja").render(
-        **{**record, "method": method, "learning_curve": points, "curriculum": record.get("curriculum", False)}, name=Path(record["training_args"]["output_dir"]).name, data_name=DATA_NAME,
+        **{**record, "method": method, "learning_curve": points, "curriculum": record.get("curriculum", False),
+           "rl": record.get("rl"), "pass_at_k": record.get("pass_at_k") or []},
+        name=Path(record["training_args"]["output_dir"]).name, data_name=DATA_NAME,
         budget=_budget, precision_text=_precision(record.get("precision")),
         curve_domains=sorted({domain for point in points for domain in point["f1"]}),
         record_json=json.dumps(record, indent=2, sort_keys=True))

@@ -1,7 +1,8 @@
 """Command-line configuration: one dataclass of script arguments (model, data, LoRA, compute and time budgets) shared
-by both methods, and one training config per method — `AbsenceSFTConfig` (a `trl.SFTConfig`) and
-`ContrastiveConfig` (an `AbsenceSFTConfig` plus the contrastive knobs). `trl.TrlParser` turns them into
-command-line flags, and `--config file.yaml` sets any of them from a YAML file.
+by every method (`RLScriptArguments`: its defaults for the RL trainer), the recipe options every method shares
+(`RecipeArguments`), and one training config per method — `AbsenceSFTConfig` (a `trl.SFTConfig`),
+`ContrastiveConfig` (an `AbsenceSFTConfig` plus the contrastive knobs) and `RLConfig` (a `trl.GRPOConfig`).
+`trl.TrlParser` turns them into command-line flags, and `--config file.yaml` sets any of them from a YAML file.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from trl import SFTConfig
+from trl import GRPOConfig, SFTConfig
 
 from absence_tasks.models import DEFAULT_CHECKPOINT
 from absence_tasks.schema import DOMAINS, VARIANTS
-from trainers.data import HARD_NEGATIVE_KINDS
+from trainers.data import HARD_NEGATIVE_KINDS, domain_curriculum_stages, generation_config
 from trainers.losses import POOLING_MODES
 from trainers.recipe import PRECISIONS
+from trainers.rewards import RL_MODES
 
 # The peak learning rate of the recipe (full fine-tuning of SmolLM2-135M; see the README's sweep).
 LEARNING_RATE = 1e-4
@@ -119,12 +121,16 @@ class ScriptArguments:
         if self.use_peft and (self.lora_r < 1 or self.lora_alpha < 1):
             raise ValueError("--lora_r and --lora_alpha must be >= 1")
 
+    def document_lines(self) -> int | dict[str, int] | None:
+        """The cap on generated documents' lines (`trainers.data.load_training_instances`'s `max_lines`)."""
+        return self.max_lines
+
 
 @dataclass
-class AbsenceSFTConfig(SFTConfig):
-    """`trl.SFTConfig` with defaults for this project: a 135M model trained on CPU or one GPU."""
+class RecipeArguments:
+    """The training recipe's options every method's config shares (a mixin: put it before the TRL config it
+    completes, e.g. `class AbsenceSFTConfig(RecipeArguments, SFTConfig)`), and their CPU handling."""
 
-    output_dir: str | None = field(default="runs/sft", metadata={"help": "Checkpoints and the final model."})
     # Recomputing activations costs a third more compute; a 135M model's activations fit easily, and the
     # contrastive trainer reuses the forward pass's key/value cache, which checkpointing turns off.
     gradient_checkpointing: bool = field(
@@ -141,13 +147,6 @@ class AbsenceSFTConfig(SFTConfig):
         default=None,
         metadata={"help": "Seed of the generated training data (default 0) and of the Trainer's data sampler "
                           "(default: --seed)."})
-    learning_rate: float = field(default=LEARNING_RATE, metadata={"help": "Peak AdamW learning rate."})
-    # A CPU hour is a few hundred documents: one instance per micro-batch (no padding, so no FLOPs spent on
-    # it) and per optimizer step. Two per step made 194 updates in 30 minutes (results/recipe-sft-30m); one
-    # makes twice as many, where batches of 8 made a handful.
-    per_device_train_batch_size: int = field(default=1, metadata={"help": "Instances per device per micro-batch."})
-    gradient_accumulation_steps: int = field(
-        default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
     lr_scheduler_type: str = field(
         default="cosine", metadata={"help": "Learning-rate decay after the warm-up. With a FLOP or time budget it "
                                             "runs over the budget (cosine, linear, constant, cosine_with_min_lr), "
@@ -176,8 +175,24 @@ class AbsenceSFTConfig(SFTConfig):
 
 
 @dataclass
+class AbsenceSFTConfig(RecipeArguments, SFTConfig):
+    """`trl.SFTConfig` with defaults for this project: a 135M model trained on CPU or one GPU."""
+
+    output_dir: str | None = field(default="runs/sft", metadata={"help": "Checkpoints and the final model."})
+    learning_rate: float = field(default=LEARNING_RATE, metadata={"help": "Peak AdamW learning rate."})
+    # A CPU hour is a few hundred documents: one instance per micro-batch (no padding, so no FLOPs spent on
+    # it) and per optimizer step. Two per step made 194 updates in 30 minutes (results/recipe-sft-30m); one
+    # makes twice as many, where batches of 8 made a handful.
+    per_device_train_batch_size: int = field(default=1, metadata={"help": "Instances per device per micro-batch."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
+
+
+@dataclass
 class ContrastiveConfig(AbsenceSFTConfig):
     """The SFT loss plus the two "attend to absence" objectives (see trainers/contrastive.py)."""
+
+    OWN_OPTIONS = "the contrastive ones (from --lambda_seq, at the end)"
 
     output_dir: str | None = field(default="runs/contrastive", metadata={"help": "Checkpoints and the final model."})
     lambda_seq: float = field(
@@ -223,3 +238,95 @@ class ContrastiveConfig(AbsenceSFTConfig):
             raise ValueError(f"--gap_margin is a cosine similarity, between -1 and 1; got {self.gap_margin}")
         if bad := [k for k in self.hard_negative_kinds if k not in HARD_NEGATIVE_KINDS]:
             raise ValueError(f"unknown --hard_negative_kinds {bad[0]!r} (expected {', '.join(HARD_NEGATIVE_KINDS)})")
+
+
+# ---- reinforcement (trainers.rl) ---------------------------------------------------------------------------
+
+# Peak learning rate of the RL trainer: a tenth of SFT's, since every sampled token of a wrong answer is pushed
+# down at once. Not swept: no SmolLM2 RL run has been made yet.
+RL_LEARNING_RATE = 1e-5
+
+
+@dataclass
+class RLScriptArguments(ScriptArguments):
+    """ScriptArguments for `trainers.rl`: short documents by default, and no length curriculum (TRL's sampler
+    draws the instances at random, each as a group of --num_generations samples)."""
+
+    curriculum: bool = field(
+        default=False,
+        metadata={"help": "Must stay false for trainers.rl: TRL's GRPO sampler draws the instances at random, so a "
+                          "curriculum's order would be lost; the documents are short instead (see --max_lines)."})
+    max_lines: int | None = field(
+        default=None,
+        metadata={"help": "Cap the length of generated documents (lines). Default for RL: the length curriculum's "
+                          "first stage per domain (SFT's recipe starts there): numerical and poetry up to 8 lines, PR "
+                          "diffs up to 33 (from --curriculum_start_lines and --curriculum_stages)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.curriculum:
+            raise ValueError("--curriculum true is not supported by trainers.rl (TRL's GRPO sampler draws instances "
+                             "at random); its documents are short instead (--max_lines)")
+
+    def document_lines(self) -> int | dict[str, int] | None:
+        if self.max_lines is not None or self.train_file is not None:
+            return self.max_lines
+        return {domain: domain_curriculum_stages(domain, generation_config(domain, None), self.curriculum_stages,
+                                                 self.curriculum_start_lines)[0].max_lines for domain in self.domains}
+
+
+@dataclass
+class RLConfig(RecipeArguments, GRPOConfig):
+    """`trl.GRPOConfig` with the recipe's options and the three advantage modes of `trainers.rewards`."""
+
+    OWN_OPTIONS = "the reinforcement ones (from --rl_mode, at the end)"
+
+    output_dir: str | None = field(default="runs/rl", metadata={"help": "Checkpoints and the final model."})
+    learning_rate: float = field(default=RL_LEARNING_RATE, metadata={"help": "Peak AdamW learning rate."})
+    # One instance per optimizer step, as the SFT recipe: its group of --num_generations samples.
+    per_device_train_batch_size: int = field(
+        default=4, metadata={"help": "Sampled answers per device per micro-batch; a multiple of --num_generations "
+                                     "(each instance's group of samples), so the default trains one instance per "
+                                     "optimizer step."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
+    num_generations: int | None = field(
+        default=4, metadata={"help": "Answers sampled per instance (at --temperature, default 1.0): the group whose "
+                                     "rewards the advantages compare."})
+    max_completion_length: int | None = field(
+        default=128, metadata={"help": "Longest sampled answer, in tokens (the default short documents' answers take "
+                                       "a few to about 60)."})
+    # Zhu et al. 2025 (The Surprising Effectiveness of Negative Reinforcement in LLM Reasoning): training on the
+    # positive samples alone (PSR) raised pass@1 but narrowed the model (pass@k fell at large k), the negative
+    # ones alone (NSR) kept its diversity, and W-REINFORCE — negative samples at full weight, positive ones at
+    # lambda = 0.1 — matched or beat PPO and GRPO over the whole pass@k range on MATH and AIME. Hence the default.
+    rl_mode: str = field(
+        default="w_reinforce",
+        metadata={"help": "Advantages from a group's rewards (trainers/rewards.py): grpo, (F1 - group mean) / (group "
+                          "std + 1e-4), TRL's own formula (--scale_rewards is not read); nsr, -1 for every sample "
+                          "that is not correct (F1 < --pass_threshold), 0 for the others; w_reinforce, nsr plus "
+                          "+--positive_weight for the correct ones.",
+                  "choices": list(RL_MODES)})
+    positive_weight: float = field(
+        default=0.1, metadata={"help": "W-REINFORCE's lambda: the advantage of a correct sample (a wrong one gets "
+                                       "-1)."})
+    pass_threshold: float = field(
+        default=1.0, metadata={"help": "A sample is correct (passes) when its F1 is at least this: 1.0, the default, "
+                                       "means exactly the missing lines. Used by nsr, w_reinforce and pass@k."})
+    pass_at_k_instances_per_domain: int = field(
+        default=5, metadata={"help": "pass@k of the starting model and the final one on this many validation "
+                                     "instances per domain (0: not measured); not counted as training time."})
+    pass_at_k_samples: int = field(
+        default=8, metadata={"help": "Answers sampled per validation instance for pass@k (temperature 1, the "
+                                     "task's own prompt, budget and stop); k = 1, 4, 8 up to this many."})
+
+    def __post_init__(self) -> None:
+        if self.rl_mode not in RL_MODES:
+            raise ValueError(f"unknown --rl_mode {self.rl_mode!r} (expected one of {', '.join(RL_MODES)})")
+        if self.positive_weight < 0:
+            raise ValueError(f"--positive_weight must be >= 0, got {self.positive_weight}")
+        if not 0 < self.pass_threshold <= 1:
+            raise ValueError(f"--pass_threshold is an F1, in (0, 1]; got {self.pass_threshold}")
+        if self.pass_at_k_instances_per_domain < 0 or self.pass_at_k_samples < 1:
+            raise ValueError("--pass_at_k_instances_per_domain must be >= 0 and --pass_at_k_samples >= 1")
+        super().__post_init__()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,21 +23,24 @@ from absence_tasks.generate import GenerationConfig, default_config, generate_in
 from absence_tasks.prompts import render_answer, render_documents, render_prompt
 from absence_tasks.schema import PLACEHOLDER, DataError, Instance, dumps_jsonl, read_jsonl
 from absence_tasks.sources import Document
-from trainers.recipe import curriculum_stages, stage_counts
+from trainers.recipe import Stage, curriculum_stages, stage_counts
 
 
 # ---- instances ------------------------------------------------------------------------------------
 
-def generation_config(domain: str, max_lines: int | None) -> GenerationConfig:
-    """The CPU preset of `domain`, with documents capped at `max_lines` lines when given."""
+def generation_config(domain: str, max_lines: int | Mapping[str, int] | None) -> GenerationConfig:
+    """The CPU preset of `domain`, with documents capped at `max_lines` lines when given (one cap for every
+    domain, or a cap per domain)."""
     config = default_config(domain)
+    if isinstance(max_lines, Mapping):
+        max_lines = max_lines.get(domain)
     if max_lines is None:
         return config
     return replace(config, max_lines=max_lines, min_lines=min(config.min_lines, max_lines))
 
 
 def load_training_instances(domains: Sequence[str], variants: Sequence[str], n_train: int, seed: int, *,
-                            max_lines: int | None = None, train_file: str | Path | None = None,
+                            max_lines: int | Mapping[str, int] | None = None, train_file: str | Path | None = None,
                             curriculum: bool = False, curriculum_stages: int = 4, curriculum_start_lines: int = 4,
                             ) -> list[Instance]:
     """`n_train` generated TRAIN-split instances per (domain, variant), or the matching instances of
@@ -66,15 +69,21 @@ def load_training_instances(domains: Sequence[str], variants: Sequence[str], n_t
 PR_CURRICULUM_START_LINES = 20
 
 
+def domain_curriculum_stages(domain: str, config: GenerationConfig, n_stages: int, start_lines: int) -> list[Stage]:
+    """The length stages of `domain`'s curriculum (`recipe.curriculum_stages`): from `start_lines` lines (PR
+    diffs from `PR_CURRICULUM_START_LINES`) up to `config`'s own range."""
+    # Diffs are never cut (a cut diff is not a diff), so PR stages start where there are enough of them:
+    # the embedded pool's shortest train diffs have 19 lines, and about a hundred have at most 33.
+    start = max(start_lines, PR_CURRICULUM_START_LINES) if domain == "github_prs" else start_lines
+    return curriculum_stages(start, config.min_lines, config.max_lines, n_stages)
+
+
 def curriculum_instances(domain: str, variant: str, n: int, seed: int, config: GenerationConfig, n_stages: int,
                          start_lines: int) -> list[Instance]:
     """`n` train-split instances of one domain in length stages (`recipe.curriculum_stages`: from
     `start_lines` lines up to `config`'s own range), each generated with its own seed derived from `seed`
     and the stage, and marked `metadata["curriculum_stage"]`. PR diffs start at `PR_CURRICULUM_START_LINES`."""
-    # Diffs are never cut (a cut diff is not a diff), so PR stages start where there are enough of them:
-    # the embedded pool's shortest train diffs have 19 lines, and about a hundred have at most 33.
-    start = max(start_lines, PR_CURRICULUM_START_LINES) if domain == "github_prs" else start_lines
-    stages = curriculum_stages(start, config.min_lines, config.max_lines, n_stages)
+    stages = domain_curriculum_stages(domain, config, n_stages, start_lines)
     out: list[Instance] = []
     for index, (stage, count) in enumerate(zip(stages, stage_counts(n, len(stages)))):
         if not count:

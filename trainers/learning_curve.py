@@ -12,14 +12,15 @@ counts a repeated line once, so only a later new line could have counted, and a 
 gives one), which saves most of the decoding a small model's looping answers would cost.
 
 The time spent here is not training: the accountant's step clock restarts at the next step, and the
-curve records its own seconds.
+curve records its own seconds. `ScheduledEvaluation` is the schedule and the bookkeeping, which the RL
+trainer's pass@k (`trainers.rl.PassAtK`) shares; `answers` samples too.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -64,32 +65,60 @@ def repeated_line_count(text: str) -> int:
 
 
 class StopOnRepeatedLine(StoppingCriteria):
-    """Stops a batch-of-one generation once its answer has given one line `repeats` times, or reached the
-    tasks' stop sequence."""
+    """Stops each answer of a generation (the rows of one prompt) once it has given one line `repeats` times,
+    or reached the tasks' stop sequence."""
 
     def __init__(self, tokenizer, prompt_length: int, repeats: int = REPEATS_TO_STOP):
         self.tokenizer, self.prompt_length, self.repeats = tokenizer, prompt_length, repeats
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        text = self.tokenizer.decode(input_ids[0, self.prompt_length:], skip_special_tokens=True)
-        done = UNTIL in text or repeated_line_count(text) >= self.repeats
-        return torch.full((input_ids.size(0),), done, dtype=torch.bool, device=input_ids.device)
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
+        done = [UNTIL in text or repeated_line_count(text) >= self.repeats for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def answers(model, tokenizer, instance: Instance, chat: bool, counter, n: int = 1, sample: bool = False,
+            scratchpad: bool = False) -> tuple[list[str], int]:
+    """The model's answer to one instance as lm-eval would ask for it — greedy, or with `sample` `n` answers
+    sampled at temperature 1 (no top-k or top-p cut; from torch's global generator: seed it, or fork it, around
+    the call) — and the tokens decoded (all rows, a finished row's padding included). With `scratchpad`, the
+    budget includes the walk (a model trained with --scratchpad true)."""
+    from absence_tasks.lm_eval_tasks import generation_budget
+
+    prompt_ids = encode(tokenizer, instance, chat, with_answer=False).input_ids
+    input_ids = torch.tensor([prompt_ids], device=next(model.parameters()).device)
+    if not sample and n != 1:
+        raise ValueError("greedy decoding gives one answer")
+    sampling = ({"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "num_return_sequences": n}
+                if sample else {"do_sample": False})
+    output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **sampling,
+                            max_new_tokens=generation_budget(instance, counter, scratchpad),
+                            stopping_criteria=StoppingCriteriaList([StopOnRepeatedLine(tokenizer, len(prompt_ids))]),
+                            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    new_tokens = output[:, len(prompt_ids):]
+    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return [text.split(UNTIL, 1)[0] for text in texts], int(new_tokens.numel())
 
 
 def greedy_answer(model, tokenizer, instance: Instance, chat: bool, counter, scratchpad: bool = False
                   ) -> tuple[str, int]:
     """The model's greedy answer to one instance as lm-eval would ask for it, and its decoded token count."""
-    from absence_tasks.lm_eval_tasks import generation_budget
+    (answer,), decoded = answers(model, tokenizer, instance, chat, counter, scratchpad=scratchpad)
+    return answer, decoded
 
-    prompt_ids = encode(tokenizer, instance, chat, with_answer=False).input_ids
-    input_ids = torch.tensor([prompt_ids], device=next(model.parameters()).device)
-    output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                            max_new_tokens=generation_budget(instance, counter, scratchpad),
-                            stopping_criteria=StoppingCriteriaList([StopOnRepeatedLine(tokenizer, len(prompt_ids))]),
-                            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    new_tokens = output[0, len(prompt_ids):]
-    text = tokenizer.decode(new_tokens, skip_special_tokens=True)
-    return text.split(UNTIL, 1)[0], int(new_tokens.numel())
+
+@contextmanager
+def evaluating(model, bf16: bool):
+    """Evaluation mode, no gradients and the run's precision (bf16 autocast or not) for the block; the model's
+    training mode comes back after it."""
+    was_training = model.training
+    model.eval()
+    autocast = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    try:
+        with torch.no_grad(), autocast:
+            yield
+    finally:
+        model.train(was_training)
 
 
 def evaluate_f1(model, tokenizer, instances: Sequence[Instance], chat: bool, bf16: bool, scratchpad: bool = False
@@ -98,18 +127,14 @@ def evaluate_f1(model, tokenizer, instances: Sequence[Instance], chat: bool, bf1
     from absence_tasks.lm_eval_tasks import TokenCounter
 
     counter = TokenCounter(tokenizer)
-    was_training = model.training
-    model.eval()
     started = time.perf_counter()
     by_domain: dict[str, list[float]] = {}
     decoded = 0
-    autocast = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    with torch.no_grad(), autocast:
+    with evaluating(model, bf16):
         for instance in instances:
             answer, n_tokens = greedy_answer(model, tokenizer, instance, chat, counter, scratchpad)
             decoded += n_tokens
             by_domain.setdefault(instance.domain, []).append(score_response(instance, answer).f1)
-    model.train(was_training)
     f1 = {domain: 100 * sum(values) / len(values) for domain, values in by_domain.items()}
     return {"f1": f1, "average": sum(f1.values()) / len(f1), "n_per_domain": {d: len(v) for d, v in by_domain.items()},
             "decoded_tokens": decoded, "eval_seconds": round(time.perf_counter() - started, 1)}
@@ -123,9 +148,10 @@ def validation_instances(domains: Sequence[str], n_per_domain: int, seed: int) -
             for instance in load_instances_for_task(domain, "omission", n=n_per_domain, seed=seed, split="validation")]
 
 
-class LearningCurve(TrainerCallback, ExportableState):
+class ScheduledEvaluation(TrainerCallback, ExportableState):
     """Evaluates the starting model, then every `every_steps` optimizer steps (0: only at the end) and once
-    more when training stops; the points live in trainer_state.json (`stateful_callbacks`), so a resumed run keeps its curve."""
+    more when training stops; the points live in trainer_state.json (`stateful_callbacks`), so a resumed run keeps its curve.
+    What a point measures and logs is a subclass's `evaluate` and `log_entries`."""
 
     def __init__(self, instances: Sequence[Instance] = (), tokenizer=None, chat: bool = True, every_steps: int = 0,
                  points: list[dict[str, Any]] | None = None, scratchpad: bool = False):
@@ -161,12 +187,27 @@ class LearningCurve(TrainerCallback, ExportableState):
         if not self.instances or (self.points and self.points[-1]["step"] == state.global_step):
             return
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        result = evaluate_f1(model, self.tokenizer, self.instances, self.chat, bf16=bool(args.bf16),
-                             scratchpad=self.scratchpad)
+        result = self.evaluate(model, bf16=bool(args.bf16))
         accountant = self.trainer.accountant()
         point = {"step": state.global_step, "train_seconds": round(accountant.train_seconds, 1),
                  "flops": accountant.flops, "instances_trained": accountant.instances_trained, **result}
         self.points.append(point)
-        self.trainer.log({"curve/average_f1": point["average"],
-                          **{f"curve/f1_{domain}": value for domain, value in point["f1"].items()},
-                          "curve/eval_seconds": point["eval_seconds"]})
+        self.trainer.log(self.log_entries(point))
+
+    def evaluate(self, model, bf16: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def log_entries(self, point: dict[str, Any]) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class LearningCurve(ScheduledEvaluation):
+    """The learning curve: greedy F1 per domain on the validation instances (`evaluate_f1`)."""
+
+    def evaluate(self, model, bf16: bool) -> dict[str, Any]:
+        return evaluate_f1(model, self.tokenizer, self.instances, self.chat, bf16=bf16, scratchpad=self.scratchpad)
+
+    def log_entries(self, point: dict[str, Any]) -> dict[str, float]:
+        return {"curve/average_f1": point["average"],
+                **{f"curve/f1_{domain}": value for domain, value in point["f1"].items()},
+                "curve/eval_seconds": point["eval_seconds"]}

@@ -9,7 +9,8 @@ output folder, and the run driver (`prepare`, `train_and_save`, `main_for`).
 * with a budget, the learning-rate schedule over the budget (`trainers.recipe.budget_scheduler`);
 * with `--curriculum`, the length curriculum's sampler (`trainers.recipe.CurriculumSampler`);
 * the learning curve (`trainers.learning_curve`), and one model card at the end (`trainers.card`).
-Multi-GPU runs come from `accelerate launch` / `torchrun`, through the Trainer.
+All but the loss and the curriculum sit in `RecipeMixin`, which the RL trainer (`trainers.rl`, on TRL's
+GRPOTrainer) shares. Multi-GPU runs come from `accelerate launch` / `torchrun`, through the Trainer.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from absence_tasks.models import END_OF_TURN, load_checkpoint_or_die
 from absence_tasks.schema import DataError, Instance
 from trainers.accounting import ComputeAccountant, matmul_parameter_count
 from trainers.card import _json_safe, write_final_model
-from trainers.config import AbsenceSFTConfig, ScriptArguments
+from trainers.config import RecipeArguments, ScriptArguments
 from trainers.data import data_sha256, drop_overlong, load_training_instances
-from trainers.learning_curve import LearningCurve, validation_instances
+from trainers.learning_curve import LearningCurve, ScheduledEvaluation, validation_instances
 from trainers.losses import next_token_targets, token_cross_entropy
 from trainers.recipe import CurriculumSampler, budget_scheduler, choose_precision, measure_precision
 
@@ -46,18 +47,23 @@ BUDGET_SCHEDULES = {"cosine": ("cosine", None), "cosine_with_min_lr": ("cosine",
 
 # ---- the Trainer -----------------------------------------------------------------------------------
 
-class AbsenceTrainer(SFTTrainer):
-    """`trl.SFTTrainer` with the project's recipe (see the module docstring). `curriculum_stages` (one
-    stage per training row, or None) switches the curriculum sampler on."""
+class RecipeMixin:
+    """What every trainer here adds to its TRL trainer (put it first: `class T(RecipeMixin, SFTTrainer)`, and
+    call `attach_callbacks()` at the end of `__init__`): compute accounting through the ComputeAccountant
+    callback, the learning-rate schedule over a budget, the counts in every log, one model card per run
+    (not per checkpoint), and what the run adds to the training record (`extra_record`)."""
 
-    def __init__(self, *args, curriculum_stages: Sequence[int] | None = None, curriculum_ramp: float = 0.7,
-                 **kwargs):
-        super().__init__(*args, **kwargs)
-        self.curriculum_stages = None if curriculum_stages is None else list(curriculum_stages)
-        self.curriculum_ramp = curriculum_ramp
+    curriculum_stages: list[int] | None = None  # the length curriculum's stage per training row, when it is on
+
+    def attach_callbacks(self) -> None:
+        """The scheduled evaluations (learning curve, pass@k) measure this trainer's model and log through it."""
         for callback in self.callback_handler.callbacks:
-            if isinstance(callback, LearningCurve):
+            if isinstance(callback, ScheduledEvaluation):
                 callback.trainer = self
+
+    def extra_record(self) -> dict[str, Any]:
+        """Fields this method adds to the training record (none for the SFT trainers)."""
+        return {}
 
     def accountant(self) -> ComputeAccountant:
         # Looked up each time: resuming may replace the callback object with a restored copy.
@@ -74,24 +80,6 @@ class AbsenceTrainer(SFTTrainer):
                              device=self.accelerator.device)
         instances, trained, forward_only = self.accelerator.gather(local).reshape(-1, 3).sum(dim=0).tolist()
         self.accountant().add(trained, forward_only, instances)
-
-    def answer_forward(self, model, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
-                       num_items_in_batch=None, **model_kwargs) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        """The model's outputs with logits only at the positions that predict a label, the loss there (the
-        token-mean NLL SFTTrainer computes, on the same tokens), and its detached per-batch mean."""
-        positions, targets = next_token_targets(labels)
-        passed = {key: inputs[key] for key in ("input_ids", "attention_mask", "position_ids") if key in inputs}
-        outputs = model(**passed, logits_to_keep=positions, **model_kwargs)
-        loss = token_cross_entropy(outputs.logits, targets, num_items_in_batch)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes  # as SFTTrainer: DDP averages gradients across ranks
-        return outputs, loss, token_cross_entropy(outputs.logits.detach(), targets)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs, loss, _ = self.answer_forward(model, inputs, inputs["labels"], num_items_in_batch, use_cache=False)
-        if self.model.training:
-            self.count(inputs["input_ids"].size(0), _real_tokens(inputs))
-        return (loss, outputs) if return_outputs else loss
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         accountant = self.accountant()
@@ -112,12 +100,6 @@ class AbsenceTrainer(SFTTrainer):
         self._created_lr_scheduler = True
         return self.lr_scheduler
 
-    def _get_train_sampler(self, train_dataset=None):
-        if self.curriculum_stages is None:
-            return super()._get_train_sampler(train_dataset)
-        return CurriculumSampler(self.curriculum_stages, self.progress, seed=self.args.seed if self.args.data_seed is None else self.args.data_seed,
-                                 ramp=self.curriculum_ramp)
-
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         totals = self.accountant()
         logs = {**logs, "tokens_trained": totals.tokens_trained, "tokens_forward_only": totals.tokens_forward_only,
@@ -126,6 +108,42 @@ class AbsenceTrainer(SFTTrainer):
 
     def create_model_card(self, *args, **kwargs) -> None:
         """No card per checkpoint: the run writes one card, with the final model (`trainers.card`)."""
+
+
+class AbsenceTrainer(RecipeMixin, SFTTrainer):
+    """`trl.SFTTrainer` with the project's recipe (see the module docstring). `curriculum_stages` (one
+    stage per training row, or None) switches the curriculum sampler on."""
+
+    def __init__(self, *args, curriculum_stages: Sequence[int] | None = None, curriculum_ramp: float = 0.7,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.curriculum_stages = None if curriculum_stages is None else list(curriculum_stages)
+        self.curriculum_ramp = curriculum_ramp
+        self.attach_callbacks()
+
+    def answer_forward(self, model, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
+                       num_items_in_batch=None, **model_kwargs) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """The model's outputs with logits only at the positions that predict a label, the loss there (the
+        token-mean NLL SFTTrainer computes, on the same tokens), and its detached per-batch mean."""
+        positions, targets = next_token_targets(labels)
+        passed = {key: inputs[key] for key in ("input_ids", "attention_mask", "position_ids") if key in inputs}
+        outputs = model(**passed, logits_to_keep=positions, **model_kwargs)
+        loss = token_cross_entropy(outputs.logits, targets, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # as SFTTrainer: DDP averages gradients across ranks
+        return outputs, loss, token_cross_entropy(outputs.logits.detach(), targets)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs, loss, _ = self.answer_forward(model, inputs, inputs["labels"], num_items_in_batch, use_cache=False)
+        if self.model.training:
+            self.count(inputs["input_ids"].size(0), _real_tokens(inputs))
+        return (loss, outputs) if return_outputs else loss
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.curriculum_stages is None:
+            return super()._get_train_sampler(train_dataset)
+        return CurriculumSampler(self.curriculum_stages, self.progress, seed=self.args.seed if self.args.data_seed is None else self.args.data_seed,
+                                 ramp=self.curriculum_ramp)
 
 
 def _real_tokens(inputs: dict[str, torch.Tensor]) -> int:
@@ -236,7 +254,7 @@ class PreparedRun:
     method: str
     description: str
     script_args: ScriptArguments
-    training_args: AbsenceSFTConfig
+    training_args: RecipeArguments
     instances: list[Instance]
     data_seed: int
     resume: str | None
@@ -244,7 +262,7 @@ class PreparedRun:
     precision: dict[str, Any]
 
 
-def settle_precision(training_args: AbsenceSFTConfig, model: torch.nn.Module) -> dict[str, Any]:
+def settle_precision(training_args: RecipeArguments, model: torch.nn.Module) -> dict[str, Any]:
     """Decide fp32 or bf16 (autocast) for a CPU run — `--precision auto` measures both on this machine —
     and set the training arguments to it. On a GPU the Trainer's own --bf16/--fp16 stand. Returns what
     the model card records."""
@@ -262,7 +280,7 @@ def settle_precision(training_args: AbsenceSFTConfig, model: torch.nn.Module) ->
             "measured_tokens_per_s": None if rates is None else {k: round(v, 1) for k, v in rates.items()}}
 
 
-def prepare(method: str, description: str, script_args: ScriptArguments, training_args: AbsenceSFTConfig,
+def prepare(method: str, description: str, script_args: ScriptArguments, training_args: RecipeArguments,
             build_trainer: Callable[..., Any]) -> PreparedRun:
     """Check the output folder, checkpoint to resume from, model and data; settle the precision; build the
     method's Trainer with `build_trainer(model, tokenizer, instances, peft_config, **recipe)`, where recipe
@@ -273,7 +291,7 @@ def prepare(method: str, description: str, script_args: ScriptArguments, trainin
     tokenizer = load_tokenizer(script_args.model_name_or_path, script_args.chat_template)
     data_seed = 0 if training_args.data_seed is None else training_args.data_seed
     instances = load_training_instances(script_args.domains, script_args.variants, script_args.n_train, data_seed,
-                                        max_lines=script_args.max_lines, train_file=script_args.train_file,
+                                        max_lines=script_args.document_lines(), train_file=script_args.train_file,
                                         curriculum=script_args.curriculum,
                                         curriculum_stages=script_args.curriculum_stages,
                                         curriculum_start_lines=script_args.curriculum_start_lines)
@@ -326,6 +344,7 @@ def train_and_save(run: PreparedRun) -> Path:
             "script_args": _json_safe(asdict(script_args)),
             "training_args": _json_safe(training_args.to_dict()),
             "versions": _versions(),
+            **trainer.extra_record(),
         }
         write_final_model(trainer, training_args.output_dir, record, instances)
     if hasattr(trainer, "end"):  # transformers >= 5.18: close trackers and the process group
@@ -344,21 +363,23 @@ def _versions() -> dict[str, str]:
 
 def _usage(method: str, config_class: type) -> str:
     own = "the model and data options (down to --max_train_seconds)"
-    if config_class is not AbsenceSFTConfig:
-        own += " and the contrastive ones (from --lambda_seq, at the end)"
+    if method_options := getattr(config_class, "OWN_OPTIONS", None):
+        own += f" and {method_options}"
+    trl_config = next(c.__name__ for c in config_class.__mro__ if c.__module__.startswith("trl."))
     return (f"Train a model on AbsenceBench-style omission tasks ({method}) and save a plain checkpoint with a "
             f"model card in --output_dir. Any option can also come from a YAML file, `--config run.yaml` (keys "
             f"are the option names; options on the command line win). Reverse Needle's own options are {own}; "
-            f"the rest are TRL's SFTConfig and transformers' TrainingArguments.")
+            f"the rest are TRL's {trl_config} and transformers' TrainingArguments.")
 
 
 def main_for(method: str, description: str, config_class: type,
              trainer_builder: Callable[[ScriptArguments, Any], Callable[..., Any]],
-             argv: Sequence[str] | None = None) -> int:
-    """Parse `argv` (flags and/or --config YAML), prepare, train, save. Bad input — anything wrong before
-    training starts — is one stderr line and exit code 2; errors during training keep their traceback."""
+             argv: Sequence[str] | None = None, script_class: type = ScriptArguments) -> int:
+    """Parse `argv` (flags and/or --config YAML) into `script_class` and `config_class`, prepare, train, save.
+    Bad input — anything wrong before training starts — is one stderr line and exit code 2; errors during
+    training keep their traceback."""
     try:
-        parser = TrlParser((ScriptArguments, config_class), prog=f"python -m trainers.{method}",
+        parser = TrlParser((script_class, config_class), prog=f"python -m trainers.{method}",
                            description=_usage(method, config_class))
         script_args, training_args = parser.parse_args_and_config(args=None if argv is None else list(argv))
         prepared = prepare(method, description, script_args, training_args,
