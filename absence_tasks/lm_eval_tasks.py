@@ -28,7 +28,7 @@ from lm_eval.api.task import ConfigurableTask
 
 from absence_tasks.loading import load_instances_for_task
 from absence_tasks.prompts import render_answer, render_prompt, render_scratchpad, template_name
-from absence_tasks.schema import PLACEHOLDER, DataError, Instance, from_hf_dataset, to_hf_dataset
+from absence_tasks.schema import PLACEHOLDER, TASK_ROW_COLUMNS, DataError, Instance, from_hf_dataset, to_hf_dataset
 from absence_tasks.scoring import micro_f1, score_response
 
 MIN_GEN_TOKS, MAX_GEN_TOKS, GEN_TOKS_STEP = 64, 4096, 64
@@ -139,18 +139,19 @@ def dataset_loader(domain: str, variant: str):
         scratchpad = scratchpad_model(metadata)
         budgets = [generation_budget(i, counter, scratchpad) for i in instances]
         prompt_tokens = counter.counts([render_prompt(i) for i in instances])
-        dataset = to_hf_dataset(instances).add_column("max_gen_toks", budgets)
-        return {"test": dataset.add_column(PROMPT_TOKENS, prompt_tokens)}
+        budget_column, length_column = TASK_ROW_COLUMNS
+        dataset = to_hf_dataset(instances).add_column(budget_column, budgets)
+        return {"test": dataset.add_column(length_column, prompt_tokens)}
 
     load.__name__ = f"{domain}_{variant}"
     return load
 
 
-PROMPT_TOKENS = "prompt_tokens"  # the rendered prompt's length, without a chat template's few tokens
+PROMPT_TOKENS = TASK_ROW_COLUMNS[1]  # the rendered prompt's length, without a chat template's few tokens
 
 
 def instance_from_doc(doc: dict[str, Any]) -> Instance:
-    return from_hf_dataset([{k: v for k, v in doc.items() if k not in ("max_gen_toks", PROMPT_TOKENS)}])[0]
+    return from_hf_dataset([{k: v for k, v in doc.items() if k not in TASK_ROW_COLUMNS}])[0]
 
 
 def doc_to_text(doc: dict[str, Any]) -> str:

@@ -1,25 +1,115 @@
-"""HF vs vLLM throughput on the default 3-domain omission suite, in one process.
+"""Evaluation throughput on the default 3-domain omission suite, in one process: a bare torch loop,
+lm-eval + vLLM and lm-eval + HF over the very same prompts, budgets and stops.
 
     python benchmarks/eval_speed.py --n 20 [--model checkpoints/smollm2-135m-instruct]
-        [--hf-dtype float32] [--vllm-dtype bfloat16]
+        [--backends bare vllm hf] [--bare-dtype bfloat16] [--vllm-dtype bfloat16] [--hf-dtype float32]
+        [--out benchmarks/results/eval_speed.json]
 
-For each backend: load the model (timed apart), then score `absencebench` (n instances per domain,
-chat template on, same generation budgets) and report instances/s of the evaluation itself and the
-mean F1, so a speed-up that changed the answers would show. Each backend runs at the dtype that is fastest
-for it on this CPU by default (HF: float32 -- HF generation in bfloat16 had done only 53 of 60 instances
-after 30 min here; vLLM: bfloat16); pass the same dtype to both for a like-for-like comparison.
+The bare loop is the reference for what the hardware allows: the task rows lm-eval would score (same
+`--metadata`), each prompt rendered by the tokenizer's chat template as lm-eval's `--apply_chat_template`
+does, length-sorted batches, one prefill per batch, greedy decoding with a key/value cache until each
+answer hits its row's `max_gen_toks`, an end-of-turn token or the task's stop string. For each path the
+model load is timed apart from the evaluation; the report gives instances/s, mean F1, the ratios
+`vllm_over_bare` and `hf_over_bare` (instances/s) and how many answers are identical to the bare loop's,
+so a speed-up that changed the answers would show. Each path runs at the dtype that is fastest for it on
+this CPU by default (HF float32: HF generation in bfloat16 had done only 53 of 60 instances after 30 min
+here); pass the same dtype to all for a like-for-like comparison.
 """
 
 import argparse
 import gc
 import json
+import os
+import platform
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+TASK_GROUP = "absencebench"
 
 
-def run(backend: str, args, task_manager) -> dict:
+def task_rows(task_manager) -> dict[str, list[dict]]:
+    """The rows lm-eval scores, per task (each carries its `max_gen_toks`)."""
+    from lm_eval.tasks import get_task_dict
+
+    def leaves(tree):
+        for key, value in tree.items():
+            yield from leaves(value) if isinstance(value, dict) else [(key, value)]
+
+    return {name if isinstance(name, str) else name.group_name: list(task.test_docs())
+            for name, task in leaves(get_task_dict([TASK_GROUP], task_manager))}
+
+
+def bare_loop(args, task_manager) -> dict:
+    """Plain torch: length-sorted batches, one prefill each, greedy decoding on the key/value cache."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+    from absence_tasks.lm_eval_tasks import doc_to_text, process_results
+
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.bare_dtype),
+                                                 local_files_only=True).eval()
+    stop_ids = set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
+                   else [model.generation_config.eos_token_id])
+    stop_ids |= {tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None, tokenizer.unk_token_id}
+    until = "\n\n\n"  # the tasks' stop string (task_configs/_absence_default.yaml)
+    loaded = time.perf_counter()
+
+    requests = []  # (task, doc, prompt ids)
+    for task, docs in task_rows(task_manager).items():
+        for doc in docs:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": doc_to_text(doc)}], tokenize=False,
+                                                 add_generation_prompt=True)
+            requests.append((task, doc, tokenizer(text, add_special_tokens=False)["input_ids"]))
+    requests.sort(key=lambda r: len(r[2]))
+    answers, f1 = {}, []
+    with torch.inference_mode(), tqdm(total=len(requests), desc="bare loop", unit="instance") as bar:
+        for first in range(0, len(requests), args.bare_batch_size):
+            batch = requests[first:first + args.bare_batch_size]
+            width = max(len(ids) for _, _, ids in batch)
+            # [B, T] left-padded prompts and their mask
+            input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(ids)) + ids for _, _, ids in batch])
+            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, _, ids in batch])
+            budgets = [doc["max_gen_toks"] for _, doc, _ in batch]
+            generated = [[] for _ in batch]
+            done = [False] * len(batch)
+            cache = DynamicCache()
+            position = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position, past_key_values=cache,
+                           use_cache=True).logits[:, -1]  # [B, V]
+            for step in range(max(budgets)):
+                next_ids = logits.argmax(-1)  # [B]
+                for b, token in enumerate(next_ids.tolist()):
+                    if done[b]:
+                        continue
+                    if token in stop_ids:
+                        done[b] = True
+                        continue
+                    generated[b].append(token)
+                    if len(generated[b]) >= budgets[b] or until in tokenizer.decode(generated[b][-8:]):
+                        done[b] = True
+                if all(done):
+                    break
+                mask = torch.cat([mask, torch.ones(len(batch), 1, dtype=mask.dtype)], dim=1)
+                position = position[:, -1:] + 1
+                logits = model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=position,
+                               past_key_values=cache, use_cache=True).logits[:, -1]
+            for (task, doc, _), tokens in zip(batch, generated):
+                answer = tokenizer.decode(tokens, skip_special_tokens=True).split(until)[0]
+                answers[(task, doc["id"])] = answer
+                f1.append(process_results(doc, [answer])["f1"])
+            bar.update(len(batch))
+    done_at = time.perf_counter()
+    return {"backend": "bare", "dtype": args.bare_dtype, "load_s": loaded - start, "eval_s": done_at - loaded,
+            "instances": len(requests), "instances_per_s": len(requests) / (done_at - loaded),
+            "f1": sum(f1) / len(f1), "answers": answers}
+
+
+def lm_eval_path(backend: str, args, task_manager) -> dict:
     from lm_eval import simple_evaluate
 
     start = time.perf_counter()
@@ -33,38 +123,62 @@ def run(backend: str, args, task_manager) -> dict:
         lm = VLLM(pretrained=args.model, dtype=args.vllm_dtype, gpu_memory_utilization=0.35, max_model_len=8192,
                   enforce_eager=True)  # a torch.compile start-up costs minutes on CPU and gains nothing here
     loaded = time.perf_counter()
-    results = simple_evaluate(model=lm, tasks=["absencebench"], task_manager=task_manager,
-                              apply_chat_template=True)
+    results = simple_evaluate(model=lm, tasks=[TASK_GROUP], task_manager=task_manager, apply_chat_template=True,
+                              log_samples=True)
     done = time.perf_counter()
     n_instances = sum(v["effective"] for v in results["n-samples"].values())
+    answers = {(task, s["doc"]["id"]): s["filtered_resps"][0] for task, samples in results["samples"].items()
+               for s in samples}
     del lm
     gc.collect()
     dtype = args.hf_dtype if backend == "hf" else args.vllm_dtype
-    return {"backend": backend, "dtype": dtype, "load_s": loaded - start, "eval_s": done - loaded, "instances": n_instances,
-            "instances_per_s": n_instances / (done - loaded), "f1": results["results"]["absencebench"]["f1,none"]}
+    return {"backend": backend, "dtype": dtype, "load_s": loaded - start, "eval_s": done - loaded,
+            "instances": n_instances, "instances_per_s": n_instances / (done - loaded),
+            "f1": results["results"][TASK_GROUP]["f1,none"], "answers": answers}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "checkpoints" / "smollm2-135m-instruct"))
     parser.add_argument("--n", type=int, default=20, help="instances per domain")
-    parser.add_argument("--hf-dtype", default="float32")
+    parser.add_argument("--backends", nargs="+", choices=("bare", "vllm", "hf"), default=["bare", "vllm", "hf"])
+    parser.add_argument("--bare-dtype", default="bfloat16")
+    parser.add_argument("--bare-batch-size", type=int, default=8)
     parser.add_argument("--vllm-dtype", default="bfloat16")
+    parser.add_argument("--hf-dtype", default="float32")
     parser.add_argument("--hf-batch-size", type=int, default=8)
-    parser.add_argument("--backends", nargs="+", default=["hf", "vllm"])
+    parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     args = parser.parse_args()
 
     from lm_eval.tasks import TaskManager
 
-    task_manager = TaskManager(include_path=str(ROOT / "task_configs"), metadata={"n": args.n})
-    rows = [run(backend, args, task_manager) for backend in args.backends]
-    print(json.dumps(rows, indent=2))
-    print("| backend | dtype | load s | eval s | instances | instances/s | absencebench F1 |\n|---|---|---:|---:|---:|---:|---:|")
+    # The tasks size budgets in the evaluated model's tokens (lm-eval hands them its model_args).
+    task_manager = TaskManager(include_path=str(ROOT / "task_configs"),
+                               metadata={"n": args.n, "pretrained": args.model})
+    rows = [bare_loop(args, task_manager) if backend == "bare" else lm_eval_path(backend, args, task_manager)
+            for backend in args.backends]
+    by_backend = {r["backend"]: r for r in rows}
+    report = {"command": "python benchmarks/eval_speed.py " + " ".join(
+                  f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
+                  for k, v in vars(args).items() if v is not None),
+              "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+              "rows": [{k: v for k, v in r.items() if k != "answers"} for r in rows]}
+    if "bare" in by_backend:
+        bare = by_backend["bare"]
+        for name in ("vllm", "hf"):
+            if name in by_backend:
+                other = by_backend[name]
+                report[f"{name}_over_bare"] = other["instances_per_s"] / bare["instances_per_s"]
+                report[f"{name}_answers_identical_to_bare"] = sum(
+                    other["answers"].get(key) == answer for key, answer in bare["answers"].items())
+    print(json.dumps(report, indent=2))
+    print("| path | dtype | load s | eval s | instances | instances/s | F1 |\n|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['backend']} | {r['dtype']} | {r['load_s']:.0f} | {r['eval_s']:.0f} | {r['instances']} | "
               f"{r['instances_per_s']:.3f} | {r['f1']:.4f} |")
-    if len(rows) == 2:
-        print(f"vLLM / HF throughput: {rows[1]['instances_per_s'] / rows[0]['instances_per_s']:.2f}x")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":  # vLLM starts worker processes

@@ -5,8 +5,10 @@ it by `--log_samples`, and computes every score from the per-instance samples: m
 recall per task with percentile-bootstrap CIs, the average over the omission tasks with a CI that
 resamples within each task, and the per-instance F1 the paired test needs. It identifies
 
-* the data (`suite`): a sha256 over the sorted (task, instance id, lm-eval doc_hash) triples, so two rows
-  with the same suite id were scored on exactly the same instances;
+* the data (`suite`): a sha256 over the sorted (task, instance id, hash of the instance's fields) triples,
+  so two rows with the same suite id were scored on exactly the same instances — whatever model scored
+  them (lm-eval's own doc_hash also covers the row's budget and prompt length, which are in the scored
+  model's tokens: `TASK_ROW_COLUMNS`);
 * the model: `--model-name`, or the checkpoint folder's name, or lm-eval's model type;
 * the weights (`checkpoint_sha256`) and training budget (`training`, from the Reverse Needle training
   record) when `pretrained=` names a local folder (or `checkpoint=` names it);
@@ -32,7 +34,7 @@ from tqdm import tqdm
 
 from absence_tasks.io import check_output, locked
 from absence_tasks.loading import DataSettings
-from absence_tasks.schema import DataError, iter_json_records
+from absence_tasks.schema import TASK_ROW_COLUMNS, DataError, iter_json_records
 from leaderboard.probe import carry_probe
 from leaderboard.reported import reported_rows
 from leaderboard.schema import OMISSION_TASKS, LeaderboardError, format_key, load, row_key, save
@@ -126,8 +128,6 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
             doc = sample.get("doc")
             if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
                 raise LeaderboardError(f"{path}:{lineno}: sample has no doc.id (not an AbsenceBench sample?)")
-            if not isinstance(sample.get("doc_hash"), str):
-                raise LeaderboardError(f"{path}:{lineno}: sample has no doc_hash")
             for metric in METRICS:
                 value = sample.get(metric)
                 if not isinstance(value, (int, float)) or not 0 <= value <= 1:
@@ -155,8 +155,14 @@ def check_samples_match(results_path: Path, results: dict[str, Any], task: str, 
 
 # ---- identifying data, model, weights ----------------------------------------------------------
 
+def instance_sha256(doc: dict[str, Any]) -> str:
+    """sha256 of a task row's instance fields (not the model-dependent `TASK_ROW_COLUMNS`), as sorted JSON."""
+    fields = {k: v for k, v in doc.items() if k not in TASK_ROW_COLUMNS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
 def suite_sha256(samples_by_task: dict[str, list[dict[str, Any]]]) -> str:
-    triples = sorted((task, s["doc"]["id"], s["doc_hash"]) for task, samples in samples_by_task.items()
+    triples = sorted((task, s["doc"]["id"], instance_sha256(s["doc"])) for task, samples in samples_by_task.items()
                      for s in samples)
     digest = hashlib.sha256()
     for triple in triples:

@@ -1,5 +1,5 @@
-"""Command-line configuration: one dataclass of script arguments (model, data, LoRA, compute and time budgets) shared
-by every method (`RLScriptArguments`: its defaults for the RL trainer), the recipe options every method shares
+"""Command-line configuration: TRL's `ModelConfig` (the model, LoRA) with this project's defaults
+(`AbsenceModelConfig`), one dataclass of script arguments (data, compute and time budgets) shared by every method (`RLScriptArguments`: its defaults for the RL trainer), the recipe options every method shares
 (`RecipeArguments`), and one training config per method — `AbsenceSFTConfig` (a `trl.SFTConfig`),
 `ContrastiveConfig` (an `AbsenceSFTConfig` plus the contrastive knobs) and `RLConfig` (a `trl.GRPOConfig`).
 `trl.TrlParser` turns them into command-line flags, and `--config file.yaml` sets any of them from a YAML file.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from trl import GRPOConfig, SFTConfig
+from trl import GRPOConfig, ModelConfig, SFTConfig
 
 from absence_tasks.models import DEFAULT_CHECKPOINT
 from absence_tasks.schema import DOMAINS, VARIANTS
@@ -27,13 +27,36 @@ LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 
 
 @dataclass
-class ScriptArguments:
-    """What to train (model, data) and how much (compute and time budgets); the method's config says how."""
+class AbsenceModelConfig(ModelConfig):
+    """`trl.ModelConfig` (`--model_name_or_path`, `--use_peft`, `--lora_*`, `--dtype`, ...; `trl.get_peft_config`
+    builds the LoRA config from it) with this project's defaults: the embedded checkpoint, LoRA on every
+    linear layer of a Llama block. Weights load in float32 by default; on CPU the recipe's --precision
+    decides the compute precision (bf16 autocast or fp32)."""
 
-    model_name_or_path: str = field(
+    model_name_or_path: str | None = field(
         default=str(DEFAULT_CHECKPOINT),
         metadata={"help": "A local Hugging Face checkpoint directory (`absence-bench prepare-model` makes the "
                           "default)."})
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: list(LLAMA_LINEAR_MODULES),
+        metadata={"help": "Module names to adapt (suffixes of the model's module names), or 'all-linear'."})
+
+    def __post_init__(self) -> None:
+        if not self.model_name_or_path:
+            raise ValueError("--model_name_or_path is empty: give a local checkpoint directory")
+        if self.use_peft and (self.lora_r < 1 or self.lora_alpha < 1):
+            raise ValueError("--lora_r and --lora_alpha must be >= 1")
+        if self.load_in_8bit or self.load_in_4bit:
+            raise ValueError("--load_in_8bit / --load_in_4bit (bitsandbytes quantisation) are not supported here: "
+                             "a 135M model trains in full precision on CPU")
+        super().__post_init__()
+
+
+@dataclass
+class ScriptArguments:
+    """What to train on (data) and how much (compute and time budgets); the model is `AbsenceModelConfig`'s,
+    the method's config says how."""
+
     domains: list[str] = field(
         default_factory=lambda: list(DOMAINS),
         metadata={"help": f"Task domains to train on ({', '.join(DOMAINS)})."})
@@ -80,13 +103,6 @@ class ScriptArguments:
                           "first characters, then 'present' or 'MISSING'; absence_tasks.prompts.render_scratchpad), "
                           "which the scorer strips. Evaluate such a model with --metadata '{\"scratchpad\": true}' "
                           "so its generation budgets include the walk."})
-    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters (merged into the saved model)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: list(LLAMA_LINEAR_MODULES),
-        metadata={"help": "Module names to adapt (suffixes of the model's module names), or 'all-linear'."})
     compute_budget_flops: float | None = field(
         default=None,
         metadata={"help": "Stop once the counted training FLOPs (6·N per trained token, 2·N per forward-only "
@@ -118,8 +134,6 @@ class ScriptArguments:
             raise ValueError(f"--curriculum_ramp must lie in (0, 1], got {self.curriculum_ramp}")
         if self.curve_every_steps < 0 or self.curve_instances_per_domain < 0:
             raise ValueError("--curve_every_steps and --curve_instances_per_domain must be >= 0")
-        if self.use_peft and (self.lora_r < 1 or self.lora_alpha < 1):
-            raise ValueError("--lora_r and --lora_alpha must be >= 1")
 
     def document_lines(self) -> int | dict[str, int] | None:
         """The cap on generated documents' lines (`trainers.data.load_training_instances`'s `max_lines`)."""

@@ -33,7 +33,7 @@ from absence_tasks.models import END_OF_TURN, load_checkpoint_or_die
 from absence_tasks.schema import DataError, Instance
 from trainers.accounting import ComputeAccountant, matmul_parameter_count
 from trainers.card import _json_safe, write_final_model
-from trainers.config import RecipeArguments, ScriptArguments
+from trainers.config import AbsenceModelConfig, RecipeArguments, ScriptArguments
 from trainers.data import data_sha256, drop_overlong, load_training_instances
 from trainers.learning_curve import LearningCurve, ScheduledEvaluation, validation_instances
 from trainers.losses import next_token_targets, token_cross_entropy
@@ -154,21 +154,20 @@ def _real_tokens(inputs: dict[str, torch.Tensor]) -> int:
 
 # ---- model, LoRA, precision ---------------------------------------------------------------------------------
 
-def lora_config(script_args: ScriptArguments, model: torch.nn.Module):
-    """PEFT LoRA config, after checking every target names a module of `model` (PEFT's own error would
-    come later, wrapped in a traceback)."""
-    from peft import LoraConfig
+def lora_config(model_args: AbsenceModelConfig, model: torch.nn.Module):
+    """TRL's `get_peft_config` (None without --use_peft), after checking every target names a module of
+    `model` (PEFT's own error would come later, wrapped in a traceback)."""
+    from trl import get_peft_config
 
-    targets = script_args.lora_target_modules
-    if targets != ["all-linear"]:
+    targets = model_args.lora_target_modules
+    targets = [targets] if isinstance(targets, str) else list(targets or [])  # ModelConfig unwraps a single one
+    if model_args.use_peft and targets != ["all-linear"]:
         names = [name for name, _ in model.named_modules()]
         missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
         if missing:
-            raise ValueError(f"--lora_target_modules: {', '.join(missing)} not found in {script_args.model_name_or_path} "
+            raise ValueError(f"--lora_target_modules: {', '.join(missing)} not found in {model_args.model_name_or_path} "
                              f"(its linear layers: {', '.join(sorted(_linear_module_names(model)))})")
-    return LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha, lora_dropout=script_args.lora_dropout,
-                      target_modules="all-linear" if targets == ["all-linear"] else list(targets),
-                      task_type="CAUSAL_LM")
+    return get_peft_config(model_args)
 
 
 def _linear_module_names(model: torch.nn.Module) -> set[str]:
@@ -189,14 +188,16 @@ def load_tokenizer(path: str, chat: bool):
     return tokenizer
 
 
-def load_model(path: str):
-    """float32 weights (mixed precision, --bf16, is the Trainer's business), quietly: a weight-loading
-    progress bar would break the one-error-line promise of the CLI."""
+def load_model(path: str, dtype: str = "float32", attn_implementation: str | None = None):
+    """The checkpoint's weights in `dtype` (float32 by default: mixed precision, --bf16, is the Trainer's
+    business), from local files only, quietly: a weight-loading progress bar would break the one-error-line
+    promise of the CLI."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+                                                attn_implementation=attn_implementation, local_files_only=True)
 
 
 def _end_of_turn_in_generation_config(model, tokenizer) -> None:
@@ -253,6 +254,7 @@ class PreparedRun:
     """A validated run, ready to train: everything that can fail on bad input has been done."""
     method: str
     description: str
+    model_args: AbsenceModelConfig
     script_args: ScriptArguments
     training_args: RecipeArguments
     instances: list[Instance]
@@ -280,15 +282,15 @@ def settle_precision(training_args: RecipeArguments, model: torch.nn.Module) -> 
             "measured_tokens_per_s": None if rates is None else {k: round(v, 1) for k, v in rates.items()}}
 
 
-def prepare(method: str, description: str, script_args: ScriptArguments, training_args: RecipeArguments,
-            build_trainer: Callable[..., Any]) -> PreparedRun:
+def prepare(method: str, description: str, model_args: AbsenceModelConfig, script_args: ScriptArguments,
+            training_args: RecipeArguments, build_trainer: Callable[..., Any]) -> PreparedRun:
     """Check the output folder, checkpoint to resume from, model and data; settle the precision; build the
     method's Trainer with `build_trainer(model, tokenizer, instances, peft_config, **recipe)`, where recipe
     holds the callbacks (accountant, learning curve) and the curriculum, to be passed on to the Trainer.
     Bad input raises a one-line ValueError / DataError, before any training."""
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     check_output_dir(training_args.output_dir)
-    tokenizer = load_tokenizer(script_args.model_name_or_path, script_args.chat_template)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, script_args.chat_template)
     data_seed = 0 if training_args.data_seed is None else training_args.data_seed
     instances = load_training_instances(script_args.domains, script_args.variants, script_args.n_train, data_seed,
                                         max_lines=script_args.document_lines(), train_file=script_args.train_file,
@@ -299,8 +301,8 @@ def prepare(method: str, description: str, script_args: ScriptArguments, trainin
                               script_args.scratchpad)
     curve_instances = (validation_instances(script_args.domains, script_args.curve_instances_per_domain, data_seed)
                        if script_args.curve_instances_per_domain > 0 else [])
-    model = load_model(script_args.model_name_or_path)
-    peft_config = lora_config(script_args, model) if script_args.use_peft else None
+    model = load_model(model_args.model_name_or_path, model_args.dtype, model_args.attn_implementation)
+    peft_config = lora_config(model_args, model)
     _end_of_turn_in_generation_config(model, tokenizer)
     precision = settle_precision(training_args, model)
     accountant = ComputeAccountant(matmul_parameter_count(model), script_args.compute_budget_flops,
@@ -313,7 +315,7 @@ def prepare(method: str, description: str, script_args: ScriptArguments, trainin
     recipe = {"callbacks": callbacks, "curriculum_ramp": script_args.curriculum_ramp,
               "curriculum_stages": stages if script_args.curriculum and None not in stages else None}
     trainer = build_trainer(model, tokenizer, instances, peft_config, **recipe)
-    return PreparedRun(method, description, script_args, training_args, instances, data_seed, resume, trainer,
+    return PreparedRun(method, description, model_args, script_args, training_args, instances, data_seed, resume, trainer,
                        precision)
 
 
@@ -341,6 +343,7 @@ def train_and_save(run: PreparedRun) -> Path:
                      "source": script_args.train_file or "generated train split"},
             "resumed_from": run.resume,
             "wall_seconds_last_session": round(time.time() - started, 1),
+            "model_args": _json_safe(asdict(run.model_args)),
             "script_args": _json_safe(asdict(script_args)),
             "training_args": _json_safe(training_args.to_dict()),
             "versions": _versions(),
@@ -362,27 +365,30 @@ def _versions() -> dict[str, str]:
 
 
 def _usage(method: str, config_class: type) -> str:
-    own = "the model and data options (down to --max_train_seconds)"
+    own = "the data and budget options (from --domains down to --max_train_seconds)"
     if method_options := getattr(config_class, "OWN_OPTIONS", None):
         own += f" and {method_options}"
     trl_config = next(c.__name__ for c in config_class.__mro__ if c.__module__.startswith("trl."))
     return (f"Train a model on AbsenceBench-style omission tasks ({method}) and save a plain checkpoint with a "
             f"model card in --output_dir. Any option can also come from a YAML file, `--config run.yaml` (keys "
             f"are the option names; options on the command line win). Reverse Needle's own options are {own}; "
-            f"the rest are TRL's {trl_config} and transformers' TrainingArguments.")
+            f"the model options before them are TRL's ModelConfig (with this project's defaults), the rest TRL's "
+            f"{trl_config} and transformers' TrainingArguments.")
 
 
 def main_for(method: str, description: str, config_class: type,
              trainer_builder: Callable[[ScriptArguments, Any], Callable[..., Any]],
              argv: Sequence[str] | None = None, script_class: type = ScriptArguments) -> int:
-    """Parse `argv` (flags and/or --config YAML) into `script_class` and `config_class`, prepare, train, save.
+    """Parse `argv` (flags and/or --config YAML) into the model config, `script_class` and `config_class`,
+    prepare, train, save.
     Bad input — anything wrong before training starts — is one stderr line and exit code 2; errors during
     training keep their traceback."""
     try:
-        parser = TrlParser((script_class, config_class), prog=f"python -m trainers.{method}",
+        parser = TrlParser((AbsenceModelConfig, script_class, config_class), prog=f"python -m trainers.{method}",
                            description=_usage(method, config_class))
-        script_args, training_args = parser.parse_args_and_config(args=None if argv is None else list(argv))
-        prepared = prepare(method, description, script_args, training_args,
+        model_args, script_args, training_args = parser.parse_args_and_config(
+            args=None if argv is None else list(argv))
+        prepared = prepare(method, description, model_args, script_args, training_args,
                            trainer_builder(script_args, training_args))
     except (ValueError, FileNotFoundError, DataError, yaml.YAMLError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
