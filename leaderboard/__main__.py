@@ -50,6 +50,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     p = format_p(c)
     print(f"{a} - {b}, {c['task']} F1: {format_difference(c)} points (95% CI), n={c['n_instances']} shared "
           f"instances, p {p if p.startswith('<') else '= ' + p} ({c['n_resamples']} paired resamples); "
+          f"detectable at {c['power']:.0%} power: {100 * c['minimum_detectable_difference']:.1f} points; "
           f"stored in {args.leaderboard}")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from absence_tasks.io import check_output, locked
 from leaderboard.schema import (OMISSION_TASKS, LeaderboardError, format_key, key_dict, load, now_timestamp,
                                 row_key, save)
-from leaderboard.stats import paired_bootstrap, paired_bootstrap_average
+from leaderboard.stats import POWER, paired_bootstrap, paired_bootstrap_average
 
 
 def select_row(doc: dict[str, Any], selector: str, where: str, *, need_per_instance: bool = True) -> dict[str, Any]:
@@ -70,6 +70,7 @@ def _compare_locked(leaderboard_path: str | os.PathLike, selector_a: str, select
         "row_a": key_dict(row_key(a)), "row_b": key_dict(row_key(b)), "task": task or "average",
         "mean_difference": result.mean_difference, "ci_low": result.ci_low, "ci_high": result.ci_high,
         "confidence": confidence, "n_instances": result.n, "p_value": result.p_value,
+        "minimum_detectable_difference": result.minimum_detectable_difference, "power": POWER,
         "n_resamples": n_resamples, "seed": seed, "date": now_timestamp(),
     }
     same = (record["row_a"], record["row_b"], record["task"])

@@ -116,6 +116,14 @@ def format_p(comparison: dict[str, Any]) -> str:
     return f"{comparison['p_value']:.3g}"
 
 
+def detectable_cell(comparison: dict[str, Any]) -> Cell:
+    """The smallest difference the comparison could detect (comparisons stored before 1.4 have none)."""
+    value = comparison.get("minimum_detectable_difference")
+    if value is None:
+        return Cell("—", None)
+    return Cell(f"{100 * value:.1f} (power {comparison['power']:.0%})", value)
+
+
 def comparison_label(comparison: dict[str, Any], side: str) -> str:
     return format_key(tuple(comparison[side][k] for k in ("model", "method", "suite_id")))
 
@@ -256,7 +264,8 @@ def comparisons_table(comparisons: list[dict[str, Any]]) -> Table:
                text_column("Task", lambda c: c["task"]),
                number_column("A − B, F1 points [95% CI]", lambda c: Cell(format_difference(c), c["mean_difference"])),
                number_column("n", lambda c: Cell(str(c["n_instances"]), c["n_instances"])),
-               number_column("p", lambda c: Cell(format_p(c), c["p_value"]))]
+               number_column("p", lambda c: Cell(format_p(c), c["p_value"])),
+               number_column("detectable at 80% power, F1 points", lambda c: detectable_cell(c))]
     return make_table("comparisons", columns, comparisons)
 
 

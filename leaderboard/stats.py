@@ -6,7 +6,8 @@ numpy Generator; scipy.stats.bootstrap draws the resamples.
                         resampling within each task so every task keeps its own size;
 * `paired_bootstrap`  – difference of two rows on the instances both scored, resampled in pairs, with a
                         two-sided p-value-like share of resamples on the far side of zero;
-  `paired_bootstrap_average` – the same for the average over tasks (pairs resampled within each task).
+  `paired_bootstrap_average` – the same for the average over tasks (pairs resampled within each task);
+  both also give `minimum_detectable_difference` (80% power at the test's level, from the bootstrap SE).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import scipy.stats
 # Resamples are drawn in batches of at most this many entries, so a large task cannot exhaust memory
 # (10,000 resamples × 1,000 instances would otherwise be 80 MB at once).
 MAX_CHUNK_ENTRIES = 2_000_000
+# The power at which a paired comparison states the smallest difference it could detect.
+POWER = 0.8
 
 
 @dataclass(frozen=True)
@@ -34,13 +37,15 @@ class Estimate:
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """Mean of (a - b) over n shared instances, its percentile CI and a two-sided bootstrap p-value."""
+    """Mean of (a - b) over n shared instances, its percentile CI, a two-sided bootstrap p-value and the
+    smallest true difference these n pairs would detect with `POWER` at the test's level."""
 
     mean_difference: float
     ci_low: float
     ci_high: float
     n: int
     p_value: float
+    minimum_detectable_difference: float
 
 
 def _as_scores(values: Sequence[float], what: str) -> np.ndarray:
@@ -119,7 +124,17 @@ def _paired_result(resampled: np.ndarray, observed: float, lowest: float, highes
     low, high = _interval(resampled, confidence, lowest, highest)
     # Two-sided: twice the smaller share of resamples at or beyond zero on either side, at most 1.
     p_value = min(1.0, 2 * min(float(np.mean(resampled <= 0)), float(np.mean(resampled >= 0))))
-    return PairedDifference(float(np.clip(observed, lowest, highest)), low, high, n, p_value)
+    return PairedDifference(float(np.clip(observed, lowest, highest)), low, high, n, p_value,
+                            minimum_detectable_difference(resampled, confidence))
+
+
+def minimum_detectable_difference(resampled: np.ndarray, confidence: float = 0.95, power: float = POWER) -> float:
+    """The smallest true mean difference a two-sided test at level 1 - confidence detects with `power`,
+    from the bootstrap standard error of the observed difference (normal approximation):
+    (z_{1 - alpha/2} + z_power) · SE. With n pairs it shrinks as 1/sqrt(n), so a null result says how
+    null it is: a difference below it could well have been missed."""
+    norm = scipy.stats.norm
+    return float((norm.ppf(1 - (1 - confidence) / 2) + norm.ppf(power)) * np.std(resampled))
 
 
 def paired_bootstrap(a: Mapping[str, float], b: Mapping[str, float], n_resamples: int = 10_000,

@@ -93,6 +93,23 @@ def test_paired_bootstrap_uses_only_the_shared_instances():
         paired_bootstrap({"x": 1.0}, {"y": 1.0})
 
 
+def test_the_detectable_difference_is_2_8_standard_errors_and_halves_with_four_times_the_pairs():
+    rng = np.random.default_rng(1)
+    sizes = {}
+    for n in (100, 400):
+        a = {f"i{k}": float(v) for k, v in enumerate(rng.uniform(0, 1, n))}
+        b = {f"i{k}": float(v) for k, v in enumerate(rng.uniform(0, 1, n))}
+        result = paired_bootstrap(a, b)
+        differences = np.array([a[k] - b[k] for k in a])
+        standard_error = differences.std(ddof=1) / np.sqrt(n)
+        # (z_0.975 + z_0.8) = 1.960 + 0.842; the bootstrap SE is the plug-in one, within resampling noise.
+        assert result.minimum_detectable_difference == pytest.approx(2.802 * standard_error, rel=0.05)
+        sizes[n] = result.minimum_detectable_difference
+    assert sizes[400] == pytest.approx(sizes[100] / 2, rel=0.15)
+    row = {f"i{k}": k / 10 for k in range(10)}
+    assert paired_bootstrap(row, dict(row)).minimum_detectable_difference == 0
+
+
 def test_paired_average_is_the_mean_of_the_per_task_differences():
     a = {"t1": {"a": 1.0, "b": 1.0}, "t2": {f"c{k}": 0.5 for k in range(8)}, "only-a": {"z": 1.0}}
     b = {"t1": {"a": 0.0, "b": 0.0}, "t2": {f"c{k}": 0.5 for k in range(8)}}
@@ -183,7 +200,7 @@ def test_publish_scores_the_oracle_one_and_the_empty_model_zero(lm_eval_runs, tm
     assert oracle["lm_eval_version"] == "0.4.13"
     assert oracle["source"] == str(results_file(lm_eval_runs["absence-oracle"]))
     assert (oracle["training"], oracle["checkpoint_sha256"]) == (None, None)
-    assert "valid (schema 1.3, 2 rows" in cli("validate", board, cwd=tmp_path).stdout
+    assert "valid (schema 1.4, 2 rows" in cli("validate", board, cwd=tmp_path).stdout
 
 
 def test_publishing_again_replaces_the_row_and_its_stale_comparisons(lm_eval_runs, tmp_path):
@@ -207,6 +224,7 @@ def test_paired_compare_oracle_minus_empty_is_one(lm_eval_runs, tmp_path):
     proc = cli("compare", board, "absence-oracle@oracle", "absence-empty", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "average F1: +100.0 [+100.0, +100.0] points" in proc.stdout and "n=9" in proc.stdout
+    assert "detectable at 80% power: 0.0 points" in proc.stdout  # every pair differs by exactly 1
     poetry = compare(board, "absence-empty", "absence-oracle", task="absence_poetry")
     assert (poetry["mean_difference"], poetry["ci_low"], poetry["ci_high"], poetry["n_instances"]) == (-1, -1, -1, 3)
     stored = json.loads(board.read_text())["comparisons"]
@@ -337,7 +355,7 @@ def a_valid_doc() -> dict:
      "rows[0].tasks.absence_poetry.f1.value", "1.5 is greater than the maximum of 1"),
     (lambda d: d["rows"][0].update(method="magic"), "rows[0].method", "'magic' is not one of"),
     (lambda d: d["rows"][0].pop("suite"), "rows[0]", "'suite' is a required property"),
-    (lambda d: d.update(schema_version="2.0"), "schema_version", "'2.0' is not one of ['1.0', '1.1', '1.2', '1.3']"),
+    (lambda d: d.update(schema_version="2.0"), "schema_version", "'2.0' is not one of ['1.0', '1.1', '1.2', '1.3', '1.4']"),
     (lambda d: d["rows"][0].update(method="reported", backend=None), "rows[0].per_instance", "not allowed here"),
     (lambda d: d["rows"].append(dict(d["rows"][0])), "rows[1]", "a second row for m@zero-shot@s1"),
     (lambda d: d.update(comparisons=[{
@@ -362,7 +380,7 @@ def test_a_version_1_0_file_is_read_and_written_back_at_the_current_version(tmp_
     old["schema_version"] = "1.0"  # 1.0 had no training.instances; its rows are valid 1.1 rows
     board.write_text(json.dumps(old))
     save(board, load(board))
-    assert json.loads(board.read_text())["schema_version"] == "1.3"
+    assert json.loads(board.read_text())["schema_version"] == "1.4"
 
 
 def test_an_invalid_document_is_never_written_and_validate_reports_it(tmp_path):

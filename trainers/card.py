@@ -37,7 +37,7 @@ def model_card(method: str, record: dict[str, Any]) -> str:
     points = record.get("learning_curve") or []
     return _templates().get_template("model_card.md.jinja").render(
         **{**record, "method": method, "learning_curve": points, "curriculum": record.get("curriculum", False),
-           "rl": record.get("rl"), "pass_at_k": record.get("pass_at_k") or []},
+           "rl": record.get("rl"), "gap_probe": record.get("gap_probe"), "pass_at_k": record.get("pass_at_k") or []},
         name=Path(record["training_args"]["output_dir"]).name, data_name=DATA_NAME,
         budget=_budget, precision_text=_precision(record.get("precision")),
         curve_domains=sorted({domain for point in points for domain in point["f1"]}),
@@ -87,6 +87,7 @@ def write_final_model(trainer, output_dir: str, record: dict[str, Any], instance
     try:
         model.save_pretrained(staging, safe_serialization=True)
         trainer.processing_class.save_pretrained(staging)
+        trainer.save_side_files(staging)
         write_jsonl(staging / DATA_NAME, instances)
         trainer.state.save_to_json(str(staging / "trainer_state.json"))
         atomic_write_text(staging / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")

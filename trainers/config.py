@@ -213,6 +213,11 @@ class ContrastiveConfig(AbsenceSFTConfig):
         default=0.1, metadata={"help": "Weight of the sequence-level InfoNCE loss (0 switches it off)."})
     lambda_gap: float = field(
         default=0.1, metadata={"help": "Weight of the gap-level alignment loss (0 switches it off)."})
+    lambda_probe: float = field(
+        default=0.0, metadata={"help": "Weight of the direct gap signal: a linear probe on the --contrastive_layer "
+                                       "states at the first token of each edited-copy line predicts whether lines "
+                                       "are missing right before it (class-balanced binary cross-entropy), trained "
+                                       "jointly and saved beside the model as gap_probe.safetensors (0: off)."})
     temperature: float = field(default=0.1, metadata={"help": "InfoNCE temperature."})
     contrastive_layer: int = field(
         default=-1, metadata={"help": "Hidden layer whose states the contrastive losses use (-1: the last, "
@@ -242,8 +247,8 @@ class ContrastiveConfig(AbsenceSFTConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.lambda_seq < 0 or self.lambda_gap < 0:
-            raise ValueError("--lambda_seq and --lambda_gap must be >= 0")
+        if self.lambda_seq < 0 or self.lambda_gap < 0 or self.lambda_probe < 0:
+            raise ValueError("--lambda_seq, --lambda_gap and --lambda_probe must be >= 0")
         if self.temperature <= 0:
             raise ValueError(f"--temperature must be > 0, got {self.temperature}")
         if self.pooling not in POOLING_MODES:

@@ -29,6 +29,13 @@ each gap is pushed away from its counterpart (max(0, cos - gap_margin)) — the 
 "something is missing". B's states are a target (no gradient). Only omission instances have a gap
 alignment; a gap at the very end of a copy has no token after it and is not marked.
 
+Direct gap signal (`lambda_probe`, off by default). A linear probe on A's states (the same layer) at the
+first token of every edited-copy line predicts whether one or more original lines are missing right
+before it — tens of labels per instance where the answer gives a few, and no extra forward pass (it needs
+neither B nor the Cs). Class-balanced binary cross-entropy (`trainers.losses.gap_probe_loss`), trained
+jointly; the probe is saved beside the model as `gap_probe.safetensors`, so the checkpoint stays a plain
+causal LM.
+
 Cost. B and the Cs share their first tokens with A (the instruction, the whole original document and the
 copy up to its first difference), so with `share_prefix_cache` they are run only from their first
 differing token, on A's key/value cache; their earlier states are A's own (bit-identical in a causal
@@ -37,6 +44,7 @@ model). Their tokens count 2·N each (forward only); A's 6·N.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,12 +58,16 @@ from trainers.config import ContrastiveConfig, ScriptArguments
 from trainers.data import (HARD_NEGATIVE_KINDS, Encoded, common_prefix_length, complete_copy, document_char_spans,
                            encode, hard_negatives, missing_line_indices, token_span)
 from trainers.losses import (char_map_for_omission, combined_loss, gap_alignment_loss, gap_char_positions_for_omission,
-                             gap_token_mask, negatives_by_row, pool_hidden,
+                             gap_probe_loss, gap_token_mask, line_start_char_positions, negatives_by_row, pool_hidden,
                              sequence_infonce_loss, token_alignment_from_char_map)
 from trainers.run import AbsenceTrainer, main_for
 
+# The direct gap signal's probe, saved beside the model: a Linear(hidden, 1) state dict (weight, bias).
+GAP_PROBE_FILE = "gap_probe.safetensors"
+GAP_PROBE_LABEL = "one or more original lines are missing right before this edited-copy line (first token)"
+
 # Collated keys the model never sees (compute_loss takes them out of the batch).
-SIDE_KEYS = ("original_mask", "modified_mask", "alignment", "gap_mask", "companion_input_ids",
+SIDE_KEYS = ("original_mask", "modified_mask", "alignment", "gap_mask", "line_start_mask", "companion_input_ids",
              "companion_attention_mask", "companion_source", "companion_prefix", "companion_modified_mask")
 
 
@@ -95,13 +107,15 @@ def contrastive_features(tokenizer, instance: Instance, chat: bool,
     tokens, and how many leading tokens it shares with A. hard_ids / hard_modified / hard_shared: the
     same, one entry per hard negative (`hard_negatives(instance, hard_negative_kinds)`).
     alignment: per token of A, the position in B with the same text (-1: none); gap_mask: 1 at the first
-    token after each gap."""
+    token after each gap; line_start_mask: 1 at the first token of every edited-copy line that has text
+    (the rows of the direct gap signal; all 0 for instances that are not omissions)."""
     training = encode(tokenizer, instance, chat, scratchpad=scratchpad)
     original_chars, modified_chars = _spans_in_text(training, instance)
     complete = _companion(tokenizer, complete_copy(instance), chat, training.input_ids)
 
     alignment = [-1] * len(training.input_ids)
     gaps = [0] * len(training.input_ids)
+    line_starts = [0] * len(training.input_ids)
     if instance.variant == "omission":
         missing = missing_line_indices(instance)
         edited_offsets = _modified_offsets(training, modified_chars)
@@ -110,6 +124,8 @@ def contrastive_features(tokenizer, instance: Instance, chat: bool,
             edited_offsets, char_map, _modified_offsets(complete["encoded"], complete["modified_chars"])).tolist()
         gaps = gap_token_mask(edited_offsets, instance.modified_text,
                               gap_char_positions_for_omission(instance.original_lines, missing)).int().tolist()
+        line_starts = gap_token_mask(edited_offsets, instance.modified_text,
+                                     line_start_char_positions(instance.modified_lines)).int().tolist()
 
     features = {
         "input_ids": training.input_ids,
@@ -121,6 +137,7 @@ def contrastive_features(tokenizer, instance: Instance, chat: bool,
         "complete_shared": complete["shared"],
         "alignment": alignment,
         "gap_mask": gaps,
+        "line_start_mask": line_starts,
     }
     hard = [_companion(tokenizer, negative, chat, training.input_ids)
             for negative in hard_negatives(instance, hard_negative_kinds)]
@@ -172,6 +189,7 @@ class ContrastiveCollator:
             "modified_mask": _span_mask([e["modified_span"] for e in examples], length),
             "alignment": _pad([e["alignment"] for e in examples], -1),
             "gap_mask": _pad([e["gap_mask"] for e in examples], 0).bool(),
+            "line_start_mask": _pad([e["line_start_mask"] for e in examples], 0).bool(),
         }
         # (training row, token ids, modified copy span, tokens shared with the training row) per companion
         rows = []
@@ -257,10 +275,21 @@ class ContrastiveTrainer(AbsenceTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        layers = self.model.config.get_text_config().num_hidden_layers
+        text_config = self.model.config.get_text_config()
+        layers = text_config.num_hidden_layers
         if not -(layers + 1) <= self.args.contrastive_layer <= layers:
             raise ValueError(f"--contrastive_layer {self.args.contrastive_layer} is outside the model's "
                              f"{layers} layers (-{layers + 1}..{layers})")
+        # The direct gap signal's linear probe: trained with the model (its own parameter group), saved beside
+        # it as GAP_PROBE_FILE, never inside it, so the checkpoint stays a plain causal LM.
+        self.gap_probe = None
+        if self.probe_on:
+            generator = torch.Generator().manual_seed(self.args.seed)
+            self.gap_probe = torch.nn.Linear(text_config.hidden_size, 1)
+            with torch.no_grad():  # seeded, not from the global generator: same seed, same run
+                torch.nn.init.normal_(self.gap_probe.weight, std=text_config.hidden_size ** -0.5, generator=generator)
+                self.gap_probe.bias.zero_()
+            self.gap_probe.to(self.args.device)
 
     @property
     def sequence_on(self) -> bool:
@@ -270,20 +299,66 @@ class ContrastiveTrainer(AbsenceTrainer):
     def gap_on(self) -> bool:
         return self.args.lambda_gap > 0
 
+    @property
+    def probe_on(self) -> bool:
+        return self.args.lambda_probe > 0
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.gap_probe is not None and not any(p is self.gap_probe.weight for group in optimizer.param_groups
+                                                  for p in group["params"]):
+            optimizer.add_param_group({"params": list(self.gap_probe.parameters()), "weight_decay": 0.0})
+        return optimizer
+
+    def save_side_files(self, folder: str | os.PathLike) -> None:
+        if self.gap_probe is not None:
+            from safetensors.torch import save_file
+
+            os.makedirs(folder, exist_ok=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.gap_probe.state_dict().items()},
+                      os.path.join(folder, GAP_PROBE_FILE),
+                      metadata={"layer": str(self.args.contrastive_layer), "label": GAP_PROBE_LABEL})
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        super().save_model(output_dir, _internal_call)
+        # Checkpoints: written with the weights, before the Trainer's trainer_state.json marks them complete.
+        self.save_side_files(output_dir or self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.gap_probe is not None:
+            from safetensors.torch import load_file
+
+            path = os.path.join(resume_from_checkpoint, GAP_PROBE_FILE)
+            if not os.path.isfile(path):
+                raise ValueError(f"{resume_from_checkpoint} has no {GAP_PROBE_FILE}: it was not trained with "
+                                 f"--lambda_probe > 0, resume it with --lambda_probe 0")
+            self.gap_probe.load_state_dict(load_file(path, device=str(self.args.device)))
+
+    def extra_record(self) -> dict[str, Any]:
+        if self.gap_probe is None:
+            return {}
+        return {"gap_probe": {"file": GAP_PROBE_FILE, "layer": self.args.contrastive_layer, "label": GAP_PROBE_LABEL}}
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         side = {key: inputs.pop(key) for key in SIDE_KEYS if key in inputs}
         labels = inputs.pop("labels")
-        needs_states = self.sequence_on or self.gap_on
-        if needs_states and "companion_input_ids" not in side:
+        needs_companions = self.sequence_on or self.gap_on
+        needs_states = needs_companions or self.probe_on
+        if needs_companions and "companion_input_ids" not in side:
             raise ValueError("the contrastive losses need a ContrastiveCollator built with with_complete=True")
-        reuse_cache = needs_states and bool(side["companion_prefix"].max() > 0)
+        reuse_cache = needs_companions and bool(side["companion_prefix"].max() > 0)
         outputs, sft, sft_mean = self.answer_forward(model, inputs, labels, num_items_in_batch,
                                                      output_hidden_states=needs_states, use_cache=reuse_cache)
 
-        seq = gap = None
+        seq = gap = probe = None
         forward_only_tokens = 0
         if needs_states:
             states = outputs.hidden_states[self.args.contrastive_layer]
+        if self.probe_on:
+            probe_logits = self.gap_probe(states.to(self.gap_probe.weight.dtype)).squeeze(-1)  # (B, T)
+            probe = gap_probe_loss(probe_logits, side["line_start_mask"], side["gap_mask"])
+        if needs_companions:
             companions, forward_only_tokens = companion_states(model, states, outputs.past_key_values, side,
                                                                self.args.contrastive_layer, reuse_cache)
             batch = states.size(0)
@@ -294,14 +369,15 @@ class ContrastiveTrainer(AbsenceTrainer):
                                          margin=self.args.gap_margin)
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["sft_loss"].append(sft_mean.item())
-        for name, term in (("seq_loss", seq), ("gap_loss", gap)):
+        for name, term in (("seq_loss", seq), ("gap_loss", gap), ("probe_loss", probe)):
             if term is not None:
                 self._metrics[mode][name].append(term.item())
-        # Those two are per-micro-batch means; with num_items_in_batch the Trainer leaves gradient
+        # Those three are per-micro-batch means; with num_items_in_batch the Trainer leaves gradient
         # accumulation to the loss, so they are averaged over the accumulated micro-batches here.
         steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
         loss = combined_loss(sft, None if seq is None else seq / steps, None if gap is None else gap / steps,
-                             self.args.lambda_seq, self.args.lambda_gap)
+                             self.args.lambda_seq, self.args.lambda_gap, None if probe is None else probe / steps,
+                             self.args.lambda_probe)
         if mode == "train":
             self.count(inputs["attention_mask"].size(0), inputs["attention_mask"].sum(), forward_only_tokens)
         return (loss, outputs) if return_outputs else loss
@@ -325,9 +401,11 @@ class ContrastiveTrainer(AbsenceTrainer):
 # ---- the run --------------------------------------------------------------------------------------------
 
 CONTRASTIVE_DESCRIPTION = ("SFT loss plus the 'attend to absence' objectives: sequence-level InfoNCE (the original "
-                           "document closer to its complete copy than to its edited versions) and gap-level "
+                           "document closer to its complete copy than to its edited versions), gap-level "
                            "alignment (edited-copy states match the complete copy's, except the token after each "
-                           "gap, which is pushed away). See trainers/contrastive.py.")
+                           "gap, which is pushed away) and, when its weight is above 0, the direct gap signal (a "
+                           "linear probe at each edited-copy line says whether lines are missing before it). See "
+                           "trainers/contrastive.py.")
 
 
 def build_contrastive_trainer(script_args: ScriptArguments, training_args: ContrastiveConfig):

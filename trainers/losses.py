@@ -11,13 +11,15 @@ Objectives
   `negatives_by_row` arranges a varying number of negatives per row into its (B, K, H) input and mask.
 * `gap_alignment_terms` / `gap_alignment_loss`: the edited document's states match the complete
   document's at corresponding tokens, except the first token after a gap, which is pushed away.
+* `gap_probe_loss`: the direct gap signal — a linear probe on the state at each edited-copy line's first
+  token says whether lines are missing right before it (class-balanced binary cross-entropy).
 * `combined_loss`, `step_flops`.
 
 Alignment (edited document -> original document, for omissions)
 * `char_map_for_omission`: the original character of every edited character.
 * `gap_char_positions_for_omission`: where in the edited text each run of omitted lines was.
 * `token_alignment_from_char_map`: the original token with exactly the same text, per edited token.
-* `gap_token_mask`: the first token at or after each gap.
+* `gap_token_mask`: the first token at or after each gap (or, given `line_start_char_positions`, each line).
 """
 
 from __future__ import annotations
@@ -192,11 +194,31 @@ def gap_alignment_loss(original: torch.Tensor, edited: torch.Tensor, alignment: 
     return align_weight * align + gap_weight * push
 
 
+# ---- the direct gap signal ------------------------------------------------------------------------
+
+def gap_probe_loss(logits: torch.Tensor, line_start_mask: torch.Tensor, gap_mask: torch.Tensor) -> torch.Tensor:
+    """Class-balanced binary cross-entropy of a gap logit read at the first token of every edited-copy line:
+    label 1 where one or more original lines are missing right before the line (`gap_mask`), else 0.
+
+    logits: (B, T) — a linear probe's output on each token's state; line_start_mask, gap_mask: (B, T) bool,
+    gap tokens being line starts too. Gaps are rare (a few per tens of lines), so the two classes are
+    averaged separately and the two means averaged: a constant guess scores log 2 whatever the base rate.
+    A class without tokens drops out; no line start at all is a differentiable 0 (never NaN)."""
+    starts = line_start_mask.bool() | gap_mask.bool()
+    scores = _compute_dtype(logits)[starts]
+    labels = gap_mask.bool()[starts].to(scores.dtype)
+    losses = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
+    means = [losses[labels == value].mean() for value in (1.0, 0.0) if bool((labels == value).any())]
+    return sum(means) / len(means) if means else logits.sum() * 0.0
+
+
 def combined_loss(sft: torch.Tensor | None, seq: torch.Tensor | None, gap: torch.Tensor | None,
-                  lambda_seq: float, lambda_gap: float) -> torch.Tensor:
-    """sft + lambda_seq · seq + lambda_gap · gap, leaving out the terms that are None (switched off)."""
-    terms = [t for t in (sft, None if seq is None else lambda_seq * seq, None if gap is None else lambda_gap * gap)
-             if t is not None]
+                  lambda_seq: float, lambda_gap: float, probe: torch.Tensor | None = None,
+                  lambda_probe: float = 0.0) -> torch.Tensor:
+    """sft + lambda_seq · seq + lambda_gap · gap + lambda_probe · probe, leaving out the terms that are None
+    (switched off)."""
+    terms = [t for t in (sft, None if seq is None else lambda_seq * seq, None if gap is None else lambda_gap * gap,
+                         None if probe is None else lambda_probe * probe) if t is not None]
     if not terms:
         raise ValueError("every loss term is off; switch at least one on")
     return sum(terms[1:], terms[0])
@@ -260,6 +282,11 @@ def gap_char_positions_for_omission(lines: Sequence[str], omitted: Sequence[int]
         next_kept = next((p for p, i in enumerate(kept) if i > number), None)
         gaps.append(edited_length if next_kept is None else edited_starts[next_kept])
     return gaps
+
+
+def line_start_char_positions(lines: Sequence[str]) -> list[int]:
+    """Where each line that has text starts in "\\n".join(lines) (a blank line has no token of its own)."""
+    return [start for start, line in zip(_line_starts(lines), lines) if line]
 
 
 def _spans(offsets) -> list[tuple[int, int]]:

@@ -65,6 +65,9 @@ class RecipeMixin:
         """Fields this method adds to the training record (none for the SFT trainers)."""
         return {}
 
+    def save_side_files(self, folder: str | os.PathLike) -> None:
+        """Files this method saves beside the model, in checkpoints and the final folder (none by default)."""
+
     def accountant(self) -> ComputeAccountant:
         # Looked up each time: resuming may replace the callback object with a restored copy.
         return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, ComputeAccountant))
