@@ -17,7 +17,7 @@ from leaderboard.probe import DEFAULT_FEATURE_SET, add_probe
 from leaderboard.probe import describe as describe_probe
 from leaderboard.publish import add_reported, publish
 from leaderboard.render import comparison_label, format_difference, format_estimate, format_p, render
-from leaderboard.schema import LeaderboardError, format_key, load, row_key
+from leaderboard.schema import METHODS, LeaderboardError, format_key, load, row_key
 
 EPILOG = """examples:
   python -m leaderboard publish results/zero-shot --out leaderboard/leaderboard.json --model-name smollm2-135m
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "is replaced.")
     p.add_argument("results", nargs="+", metavar="RESULTS", help="results_*.json files or folders")
     p.add_argument("--out", required=True, metavar="LEADERBOARD", help="leaderboard JSON (created if missing)")
-    p.add_argument("--method", choices=["zero-shot", "sft", "contrastive", "oracle"],
+    p.add_argument("--method", choices=METHODS,
                    help="default: the checkpoint's training record, else oracle for absence-oracle, else zero-shot")
     p.add_argument("--model-name", help="default: the checkpoint folder's name (or lm-eval's model type)")
     p.add_argument("--checkpoint", metavar="DIR",

@@ -26,12 +26,10 @@ import jinja2
 
 from absence_tasks.io import atomic_write_bytes, atomic_write_text, check_output_folder
 from leaderboard.reported import PAPER_COLUMNS, PAPER_SUITE
-from leaderboard.schema import OMISSION_TASKS, LeaderboardError, format_key, load, row_key
+from leaderboard.schema import METHODS, OMISSION_TASKS, TRAINED_METHODS, LeaderboardError, format_key, load, row_key
 
 MARKDOWN_NAME, HTML_NAME, CHART_NAME, CURVE_NAME, SCREENSHOT_NAME = \
     "leaderboard.md", "index.html", "f1_by_domain.png", "data_efficiency.png", "screenshot.png"
-TRAINED_METHODS = ("sft", "contrastive")
-METHOD_ORDER = ("oracle", "zero-shot", "sft", "contrastive")
 # One colour family per method, so the chart groups a method's rows by colour.
 METHOD_COLORMAPS = {"oracle": "Greys", "zero-shot": "Blues", "sft": "Oranges", "contrastive": "Greens"}
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -324,7 +322,7 @@ def html_page(doc: dict[str, Any]) -> str:
 # ---- chart -------------------------------------------------------------------------------------
 
 def _method_rank(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return METHODS.index(method) if method in METHODS else len(METHODS)
 
 
 def chart_png(doc: dict[str, Any]) -> bytes:

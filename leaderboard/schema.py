@@ -22,6 +22,9 @@ SCHEMA_PATH = Path(__file__).with_name("schema.json")
 SCHEMA_VERSION = "1.4"  # what `save` writes; schema.json also reads the older versions it lists
 # The tasks whose mean F1 is a row's `average` (upstream's "Average"; lm-eval's `absencebench` group).
 OMISSION_TASKS = ("absence_numerical", "absence_poetry", "absence_github_prs")
+# The methods a measured row can have, in the page's order: the trained ones are the trainers' names.
+TRAINED_METHODS = ("sft", "contrastive", "rl")
+METHODS = ("oracle", "zero-shot", *TRAINED_METHODS)
 # How long a schema message may get in a one-line error (an offending value can be a whole row).
 MAX_MESSAGE_CHARS = 240
 
