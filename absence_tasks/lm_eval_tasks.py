@@ -28,7 +28,8 @@ from lm_eval.api.task import ConfigurableTask
 
 from absence_tasks.loading import load_instances_for_task
 from absence_tasks.prompts import render_answer, render_prompt, render_scratchpad, template_name
-from absence_tasks.schema import PLACEHOLDER, TASK_ROW_COLUMNS, DataError, Instance, from_hf_dataset, to_hf_dataset
+from absence_tasks.schema import (BUDGET_COLUMN, PLACEHOLDER, PROMPT_TOKENS, TASK_ROW_COLUMNS, DataError, Instance,
+                                  from_hf_dataset, to_hf_dataset)
 from absence_tasks.scoring import micro_f1, score_response
 
 MIN_GEN_TOKS, MAX_GEN_TOKS, GEN_TOKS_STEP = 64, 4096, 64
@@ -139,15 +140,11 @@ def dataset_loader(domain: str, variant: str):
         scratchpad = scratchpad_model(metadata)
         budgets = [generation_budget(i, counter, scratchpad) for i in instances]
         prompt_tokens = counter.counts([render_prompt(i) for i in instances])
-        budget_column, length_column = TASK_ROW_COLUMNS
-        dataset = to_hf_dataset(instances).add_column(budget_column, budgets)
-        return {"test": dataset.add_column(length_column, prompt_tokens)}
+        dataset = to_hf_dataset(instances).add_column(BUDGET_COLUMN, budgets)
+        return {"test": dataset.add_column(PROMPT_TOKENS, prompt_tokens)}
 
     load.__name__ = f"{domain}_{variant}"
     return load
-
-
-PROMPT_TOKENS = TASK_ROW_COLUMNS[1]  # the rendered prompt's length, without a chat template's few tokens
 
 
 def instance_from_doc(doc: dict[str, Any]) -> Instance:
@@ -200,7 +197,7 @@ class AbsenceTask(ConfigurableTask):
         if limit is None:
             return
         docs = self.dataset["test"]
-        over = [k for k, (prompt, budget) in enumerate(zip(docs[PROMPT_TOKENS], docs["max_gen_toks"]))
+        over = [k for k, (prompt, budget) in enumerate(zip(docs[PROMPT_TOKENS], docs[BUDGET_COLUMN]))
                 if prompt + budget > limit]
         task = self.config.task
         if metadata.get("max_length") is not None:
@@ -222,5 +219,5 @@ class AbsenceTask(ConfigurableTask):
     def construct_requests(self, doc, ctx, **kwargs):
         requests = super().construct_requests(doc, ctx, **kwargs)
         for request in requests if isinstance(requests, list) else [requests]:
-            request.arguments[1]["max_gen_toks"] = int(doc["max_gen_toks"])
+            request.arguments[1]["max_gen_toks"] = int(doc[BUDGET_COLUMN])
         return requests

@@ -261,7 +261,9 @@ def read_jsonl(path: str | os.PathLike) -> list[Instance]:
 # Columns an lm-eval task row carries beside the instance's own fields (absence_tasks.lm_eval_tasks): the
 # generation budget and the prompt's length, in the tokens of the model being scored (and a budget that grows
 # for a scratchpad model), so they say nothing about the data: a suite's identity leaves them out.
-TASK_ROW_COLUMNS = ("max_gen_toks", "prompt_tokens")
+BUDGET_COLUMN = "max_gen_toks"  # named as lm-eval's generation argument, which the task sets from it
+PROMPT_TOKENS = "prompt_tokens"  # the rendered prompt's length, without a chat template's few tokens
+TASK_ROW_COLUMNS = (BUDGET_COLUMN, PROMPT_TOKENS)
 
 def to_hf_dataset(instances: Iterable[Instance]):
     """A `datasets.Dataset` with one row per instance; metadata is kept as a JSON string because its
