@@ -354,3 +354,123 @@ def test_cli_bad_model_or_data_exits_2_with_one_line_and_no_output(tiny_llama_di
     finished = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
     assert (finished.returncode, not out.exists()) == (2, True)
     assert str(missing) in _one_error_line(finished.stderr)
+
+
+# ---- the probe against the answers -------------------------------------------------------------------
+
+def test_readout_counts_gap_lines_found_by_the_probe_and_named_in_the_answer(model_and_tokenizer):
+    from analysis.probe import readout
+
+    _, tokenizer = model_and_tokenizer
+    original = ["alpha line", "bravo line", "charlie line", "delta line", "echo line", "foxtrot line", "golf line"]
+    # Two gaps with a line after them: "bravo" (before "charlie") and "echo" + "foxtrot" (before "golf").
+    instance = _instance("omission", original, ["alpha line", "charlie line", "delta line", "golf line"],
+                         omitted=[1, 4, 5])
+    rows = features.line_queries(instance, positions.tokenize_prompt(instance, tokenizer))
+    assert rows.labels.tolist() == [False, True, False, True]
+    # The probe ranks "charlie" (a gap line) first and "alpha" (not one) second: with g = 2 it finds one gap.
+    scores = np.array([0.8, 0.9, 0.1, 0.2])
+    # The answer names "foxtrot line" only: the second gap, which the probe misses.
+    answer = readout.instance_readout(instance, rows, scores, 0.5, {"foxtrot line"})
+    assert (answer.found_named, answer.found_not_named, answer.named_not_found, answer.neither) == (0, 1, 1, 0)
+    assert answer.n_gap_lines == 2 and answer.readability == 0.75 and answer.f1 == 0.5   # 3 of 4 pairs
+    perfect = readout.instance_readout(instance, rows, np.array([0.0, 1.0, 0.1, 0.9]), 1.0,
+                                       {"bravo line", "echo line"})
+    assert (perfect.found_named, perfect.readability) == (2, 1.0)
+    no_gap = _instance("omission", ["a one", "b two"], ["a one", "b two"])
+    none = readout.instance_readout(no_gap, features.line_queries(no_gap, positions.tokenize_prompt(no_gap, tokenizer)),
+                                    np.array([0.3, 0.1]), 1.0, set())
+    assert none.readability is None and none.n_gap_lines == 0
+
+
+def test_spearman_paired_difference_and_shares_against_their_definitions():
+    from scipy.stats import spearmanr
+
+    from analysis.probe import readout
+
+    x = np.array([0.2, 0.5, 0.5, 0.9, 0.1, 0.7])
+    y = np.array([0.0, 0.4, 0.3, 1.0, 0.0, 0.2])
+    assert readout.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
+    assert readout.spearman(x, np.zeros(6)) is None and readout.spearman(x[:2], y[:2]) is None
+    found = readout.spearman_with_ci(x, y, np.random.default_rng(0), 200)
+    assert found["spearman_rho_ci"][0] <= found["spearman_rho"] <= found["spearman_rho_ci"][1]
+    assert found == readout.spearman_with_ci(x, y, np.random.default_rng(0), 200)
+    share = readout.fraction_with_ci(np.array([1, 0, 2]), np.array([2, 1, 2]), np.random.default_rng(0), 200)
+    assert share["value"] == 3 / 5 and share["ci"][0] <= 0.6 <= share["ci"][1]
+    assert readout.fraction_with_ci(np.zeros(2), np.zeros(2), np.random.default_rng(0), 10)["value"] is None
+
+    labels = np.array([0, 1, 0, 0, 1, 0, 1, 0, 0, 0], dtype=bool)
+    groups = np.repeat(np.arange(5), 2)
+    scores = np.array([0.1, 0.9, 0.3, 0.2, 0.4, 0.5, 0.8, 0.0, 0.35, 0.6])
+    same = classifier.paired_auroc_difference(labels, scores, scores, groups, np.random.default_rng(1), 100)
+    assert same["difference"] == 0 and same["ci"] == [0, 0] and same["p_value"] == 1.0
+    better = classifier.paired_auroc_difference(labels, scores, labels + 0.0, groups, np.random.default_rng(1), 100)
+    from sklearn.metrics import roc_auc_score
+    assert better["difference"] == pytest.approx(1 - roc_auc_score(labels, scores)) and better["ci"][0] >= 0
+
+
+def _lm_eval_samples(path: Path, instances, answer_for) -> None:
+    """Logged samples as lm-eval writes them with --log_samples (the fields the readers use), scored by the
+    task's own scoring function."""
+    from absence_tasks.scoring import score_response
+
+    with path.open("w") as f:
+        for number, instance in enumerate(instances):
+            response = answer_for(number, instance)
+            score = score_response(instance, response)
+            f.write(json.dumps({"doc_id": number, "doc": instance.to_dict(), "target": "\n".join(instance.answer_lines),
+                                "resps": [[response]], "filtered_resps": [response], "filter": "none",
+                                "f1": score.f1, "precision": score.precision, "recall": score.recall}) + "\n")
+
+
+def test_cli_with_answers_reports_readability_against_f1(tiny_llama_dir, second_tiny_llama_dir, mixed_instances,
+                                                         tmp_path, capsys):
+    data = tmp_path / "mixed.jsonl"
+    write_jsonl(data, mixed_instances)
+    answers = tmp_path / "answers-a"
+    answers.mkdir()
+    # Every other instance answered perfectly, the rest with nothing: F1 1 and 0, every gap of the first named.
+    _lm_eval_samples(answers / "samples_absence_mixed_2026-12-02T00-00-00.jsonl", mixed_instances,
+                     lambda number, instance: "\n".join(instance.answer_lines) if number % 2 == 0 else "")
+    out = tmp_path / "out"
+    args = ["--models", f"a={tiny_llama_dir}", f"b={second_tiny_llama_dir}", "--data", str(data), "--out", str(out),
+            "--bootstrap", "20", "--folds", "3", "--answers", f"a={answers}"]
+    assert probe_cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "b - a: attention probe AUROC" in printed and "a: readability vs F1 Spearman rho" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["auroc.png", "coefficients.png", "readout.png", "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    found = summary["readout"]["a"]
+    assert list(summary["readout"]) == ["a"] and found["feature_set"] == "attention"
+    assert found["n_instances"] == 12 and found["mean_f1"] == 0.5
+    per_instance = found["per_instance"]
+    assert [r["id"] for r in per_instance] == [i.id for i in mixed_instances]
+    assert [r["f1"] for r in per_instance] == [1.0 if n % 2 == 0 else 0.0 for n in range(12)]
+    named = [r["found_named"] + r["named_not_found"] for r in per_instance]
+    assert named == [r["n_gap_lines"] if n % 2 == 0 else 0 for n, r in enumerate(per_instance)]
+    lines = found["gap_lines"]
+    assert lines["n"] == summary["n_gaps"] == sum(r["n_gap_lines"] for r in per_instance)
+    assert lines["found_named"] + lines["found_not_named"] + lines["named_not_found"] + lines["neither"] == lines["n"]
+    assert found["readability_vs_f1"]["overall"]["n_instances"] == found["n_instances_with_readability"]
+    difference = summary["model_differences"]["attention"]["b"]
+    auroc = {label: summary["results"][label]["feature_sets"]["attention"]["overall"]["auroc"] for label in "ab"}
+    assert difference["difference"] == pytest.approx(auroc["b"] - auroc["a"], abs=2e-6)
+
+    # Answers that miss a probed instance, or of another model label, or of other instances: one line, no output.
+    partial = tmp_path / "partial.jsonl"
+    _lm_eval_samples(partial, mixed_instances[:-1], lambda number, instance: "")
+    other = tmp_path / "other.jsonl"
+    _lm_eval_samples(other, mixed_instances, lambda number, instance: "")
+    first, *rest = other.read_text().splitlines()
+    first = json.loads(first)
+    first["doc"]["modified_lines"] = first["doc"]["original_lines"]   # the same id, another document
+    other.write_text("\n".join([json.dumps(first), *rest]) + "\n")
+    fresh = tmp_path / "fresh"
+    for extra, named in [(["--answers", f"a={partial}"], f"no answer to instance {mixed_instances[-1].id}"),
+                         (["--answers", f"c={answers}"], "--answers names a model that is not probed"),
+                         (["--answers", f"a={other}"], f"{other}: instance {mixed_instances[0].id} is not the probed"),
+                         (["--answers", f"a={tmp_path / 'nothing'}"], "no such file or folder")]:
+        base = ["--models", f"a={tiny_llama_dir}", "--data", str(data), "--out", str(fresh)]
+        assert probe_cli.main(base + extra) == 2, extra
+        assert named in _one_error_line(capsys.readouterr().err), extra
+        assert not fresh.exists()

@@ -42,11 +42,19 @@ each other) and, with several ``--models``, between models (fit on model A's fea
 folds, score model B's features of the held-out fold); the largest standardised coefficients of a probe
 fitted on all rows (top heads).
 
+With several ``--models``, each later model's AUROC is compared with the first one's on the same rows
+(``model_differences``: the difference with a paired bootstrap CI over instances and a bootstrap p-value):
+whether gaps are more readable after training. With ``--answers LABEL=DIR`` (the model's lm-eval
+``--log_samples`` output on the same instances) the probe meets the answers (`readout`): per instance the
+within-instance AUROC of the out-of-fold probe scores (readability) against the answer's F1 (Spearman's rho,
+bootstrap CI), and per gap line whether the probe finds it (top g of its instance, g its gap lines) and
+whether the answer names it; found but not named is a read-out failure.
+
 Memory: one instance at a time; the prompt up to the last probed line is run in chunks, and a hook on
 each layer's attention reduces the rows of the probed queries to their span masses at once, so only
 one layer's attention over one chunk exists at a time.
 
 Outputs (``--out DIR``, written only when everything has run): ``auroc.png`` (AUROC per domain and
 model, with CIs), ``coefficients.png`` (the probe's coefficients as layer x head heatmaps) and
-``summary.json`` (written last).
+``summary.json`` (written last); with ``--answers`` also ``readout.png`` (readability against F1).
 """

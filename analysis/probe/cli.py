@@ -23,11 +23,12 @@ from analysis.attention.positions import tokenize_prompt
 from analysis.common import CONFIDENCE_LEVEL, check_output_dir, json_ready, load_model, save_figure, select_instances
 from analysis.probe.classifier import (FEATURE_SET_DESCRIPTIONS, HIDDEN_DESCRIPTION, Rows, bootstrap_metrics,
                                        comparison_rng, evaluate_feature_set, fit_probe, grouped_folds,
-                                       out_of_fold_scores, position_features, top_heads)
+                                       out_of_fold_scores, paired_auroc_difference, position_features, top_heads)
 from analysis.probe.features import (STATISTIC_DESCRIPTIONS, STATISTICS, LineQueries, line_features, line_queries,
                                      statistics_from_masses)
-from analysis.probe.figures import auroc_figure, coefficient_figure
+from analysis.probe.figures import auroc_figure, coefficient_figure, readout_figure
 from analysis.probe.options import ProbeOptions
+from analysis.probe.readout import answers_of, readout
 
 PROGRAM = "probe"
 SUMMARY_NAME = "summary.json"
@@ -35,19 +36,24 @@ SUMMARY_NAME = "summary.json"
 
 # ---- the run -------------------------------------------------------------------------------------
 
+def parse_labelled_paths(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    """label -> path, from LABEL=PATH items of `flag`."""
+    paths: dict[str, str] = {}
+    for item in items or ():
+        name, separator, path = item.partition("=")
+        if not separator or not name or not path:
+            raise ValueError(f"{flag} takes LABEL=PATH items, got {item!r}")
+        if name in paths:
+            raise ValueError(f"{flag}: label {name!r} given twice")
+        paths[name] = path
+    return paths
+
+
 def parse_models(model: str | None, label: str | None, items: Sequence[str] | None) -> dict[str, str]:
     """label -> checkpoint path, from --model PATH [--label L] or --models LABEL=PATH ..."""
     if model:
         return {label or Path(model).name: model}
-    models: dict[str, str] = {}
-    for item in items or ():
-        name, separator, path = item.partition("=")
-        if not separator or not name or not path:
-            raise ValueError(f"--models takes LABEL=PATH items, got {item!r}")
-        if name in models:
-            raise ValueError(f"--models: label {name!r} given twice")
-        models[name] = path
-    return models
+    return parse_labelled_paths(items, "--models")
 
 
 def _model_shape(config: Any) -> dict[str, int]:
@@ -120,6 +126,7 @@ def run_probe(args: ProbeOptions, argv: Sequence[str]) -> dict[str, Any]:
     shape = next(iter(shapes.values()))
     if any(layer > shape["n_layers"] for layer in args.hidden_layer):
         raise ValueError(f"--hidden-layer {max(args.hidden_layer)}: the models have {shape['n_layers']} layers")
+    answers = {label: answers_of(instances, path) for label, path in args.answers.items()}
 
     started = time.perf_counter()
     rows_by_model: dict[str, Rows] = {}
@@ -142,10 +149,15 @@ def run_probe(args: ProbeOptions, argv: Sequence[str]) -> dict[str, Any]:
     feature_sets = ["attention", "label_free", *(f"hidden_{layer}" for layer in args.hidden_layer), "position"]
     results: dict[str, dict[str, Any]] = {}
     coefficients: dict[str, np.ndarray] = {}
+    scores: dict[str, dict[str, np.ndarray]] = {}   # model -> feature set -> out-of-fold score per row
     for label, rows in rows_by_model.items():
         results[label] = {"path": models[label], "feature_sets": {}}
+        scores[label] = {}
         for feature_set in feature_sets:
-            results[label]["feature_sets"][feature_set] = evaluate_feature_set(rows, feature_set, folds, args, label)
+            features = rows.features(feature_set)
+            scores[label][feature_set] = out_of_fold_scores(features, features, rows.labels, folds, args.C)
+            results[label]["feature_sets"][feature_set] = evaluate_feature_set(rows, feature_set, folds, args, label,
+                                                                               scores[label][feature_set])
         probe = fit_probe(rows.features("attention"), rows.labels, args.C)
         coefficients[label] = probe[-1].coef_[0].reshape(shape["n_layers"], shape["n_heads"], len(STATISTICS))
         results[label]["top_heads"] = top_heads(coefficients[label], args.top_heads, rows)
@@ -160,12 +172,30 @@ def run_probe(args: ProbeOptions, argv: Sequence[str]) -> dict[str, Any]:
             for train_label in rows_by_model:
                 model_transfer[feature_set][train_label] = {}
                 for test_label in rows_by_model:
-                    scores = out_of_fold_scores(rows_by_model[train_label].features(feature_set),
-                                                rows_by_model[test_label].features(feature_set), labels, folds, args.C)
+                    transfer_scores = scores[train_label][feature_set] if train_label == test_label else \
+                        out_of_fold_scores(rows_by_model[train_label].features(feature_set),
+                                           rows_by_model[test_label].features(feature_set), labels, folds, args.C)
                     model_transfer[feature_set][train_label][test_label] = bootstrap_metrics(
-                        labels, scores, first.groups,
+                        labels, transfer_scores, first.groups,
                         comparison_rng(args.seed, "models", feature_set, train_label, test_label),
                         args.bootstrap)
+
+    # More readable after training? Each later model against the first, on the same rows and instances.
+    first_label = next(iter(rows_by_model))
+    model_differences = {
+        feature_set: {label: paired_auroc_difference(first.labels, scores[first_label][feature_set],
+                                                     scores[label][feature_set], first.groups,
+                                                     comparison_rng(args.seed, "difference", feature_set, label),
+                                                     args.bootstrap)
+                      for label in list(rows_by_model)[1:]}
+        for feature_set in feature_sets} if len(rows_by_model) > 1 else None
+
+    readouts = {label: {"answers": args.answers[label], "feature_set": args.readout_features,
+                        **readout(instances, reference_queries, scores[label][args.readout_features], first.groups,
+                                  answers[label], lambda *names, label=label: comparison_rng(args.seed, "readout",
+                                                                                             label, *names),
+                                  args.bootstrap)}
+                for label in args.answers}
 
     n_rows_by_domain = Counter(first.domains.tolist())
     gaps_by_domain = Counter(first.domains[first.labels].tolist())
@@ -195,14 +225,26 @@ def run_probe(args: ProbeOptions, argv: Sequence[str]) -> dict[str, Any]:
                               for d in DOMAINS if n_rows_by_domain[d]},
         "results": results,
         "model_transfer": model_transfer,
+        "model_differences": model_differences,
+        "readout": readouts or None,
     }
 
     out.mkdir(parents=True, exist_ok=True)
     save_figure(auroc_figure(results, feature_sets), out / "auroc.png")
     save_figure(coefficient_figure(coefficients), out / "coefficients.png")
+    if readouts:
+        save_figure(readout_figure(readouts), out / "readout.png")
     atomic_write_text(out / SUMMARY_NAME, json_dumps(summary))
     print(f"{PROGRAM}: feature extraction took {extraction_seconds:.0f} s", file=sys.stderr)
     return summary
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _interval(ci: Sequence[float] | None) -> str:
+    return "[n/a]" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def json_dumps(summary: dict[str, Any]) -> str:
@@ -240,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-heads", type=int, default=DEFAULTS.top_heads, help="how many of the largest coefficients to list")
     parser.add_argument("--prefill-chunk", type=int, default=DEFAULTS.prefill_chunk,
                         help="prompt tokens per forward step (bounds the eager attention memory)")
+    parser.add_argument("--answers", nargs="+", metavar="LABEL=PATH", default=[],
+                        help="lm-eval --log_samples output (folder or samples_*.jsonl) of a probed model on the same "
+                             "instances: adds readability vs per-instance F1 and gaps found by the probe vs named in "
+                             "the answer (LABEL as in --models, or --label / the folder's name with --model)")
+    parser.add_argument("--readout-features", default=DEFAULTS.readout_features,
+                        help="the feature set whose probe scores --answers is compared with (default: attention)")
     return parser
 
 
@@ -253,12 +301,23 @@ def main(argv: list[str] | None = None) -> int:
             models=parse_models(args.model, args.label, args.models), data=args.data, out=args.out, n=args.n,
             domain=args.domain, hidden_layer=tuple(args.hidden_layer), no_chat_template=args.no_chat_template,
             folds=args.folds, C=args.C, seed=args.seed, bootstrap=args.bootstrap, top_heads=args.top_heads,
-            prefill_chunk=args.prefill_chunk)
+            prefill_chunk=args.prefill_chunk, answers=parse_labelled_paths(args.answers, "--answers"),
+            readout_features=args.readout_features)
         summary = run_probe(options, argv)
         for label, result in summary["results"].items():
             overall = result["feature_sets"]["attention"]["overall"]
             print(f"{Path(args.out) / SUMMARY_NAME}: {label}: {summary['n_instances']} instances, "
                   f"{summary['n_rows']} lines, base rate {summary['base_rate']:.3f}; attention probe AUROC "
                   f"{overall['auroc']}, AP {overall['average_precision']} ({time.perf_counter() - started:.0f} s)")
+        for label, difference in (summary["model_differences"] or {}).get("attention", {}).items():
+            print(f"{label} - {next(iter(summary['results']))}: attention probe AUROC {difference['difference']:+.3f} "
+                  f"{_interval(difference['ci'])} (paired over instances, p = {difference['p_value']})")
+        for label, found in (summary["readout"] or {}).items():
+            rho = found["readability_vs_f1"]["overall"]
+            lines = found["gap_lines"]
+            print(f"{label}: readability vs F1 Spearman rho {_number(rho['spearman_rho'])} "
+                  f"{_interval(rho['spearman_rho_ci'])} over {rho['n_instances']} instances; of {lines['n']} gap "
+                  f"lines the probe finds {lines['found_named'] + lines['found_not_named']}, the answer names "
+                  f"{lines['found_named'] + lines['named_not_found']}, found but not named {lines['found_not_named']}")
 
     return run_command(PROGRAM, run)

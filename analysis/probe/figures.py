@@ -68,3 +68,30 @@ def coefficient_figure(coefficients: dict[str, np.ndarray]) -> Any:
                     label="standardised coefficient\n(> 0: more likely a gap)")
     figure.suptitle("gap probe coefficients (attention features, fitted on all rows)", fontsize=10)
     return figure
+
+
+def readout_figure(readouts: dict[str, dict[str, Any]]) -> Any:
+    """One panel per model: each instance's readability (within-instance AUROC of the probe) against the F1
+    of its answer, coloured by domain, with Spearman's rho and its CI in the title."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(4.2 * len(readouts) + 0.6, 3.8), layout="constrained")
+    axes = figure.subplots(1, len(readouts), squeeze=False)[0]
+    for ax, (label, found) in zip(axes, readouts.items()):
+        rows = [r for r in found["per_instance"] if r["readability"] is not None]
+        for domain in dict.fromkeys(r["domain"] for r in rows):
+            mine = [r for r in rows if r["domain"] == domain]
+            ax.scatter([r["readability"] for r in mine], [100 * r["f1"] for r in mine], s=14, alpha=0.75,
+                       label=domain)
+        rho = found["readability_vs_f1"]["overall"]
+        ci = rho["spearman_rho_ci"]
+        text = "n/a" if rho["spearman_rho"] is None else (
+            f"{rho['spearman_rho']:.2f}" + ("" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]"))
+        ax.set_title(f"{label}: Spearman rho {text}", fontsize=9)
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(-3, 103)
+        ax.set_xlabel(f"readability (within-instance AUROC, {found['feature_set']} probe)", fontsize=8)
+        ax.set_ylabel("F1 of the answer", fontsize=8)
+        ax.legend(fontsize=7, loc="upper left")
+    figure.suptitle("does an instance whose gaps the probe reads better get a better answer?", fontsize=10)
+    return figure

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,9 @@ class ProbeOptions:
     bootstrap: int = 1000
     top_heads: int = 10
     prefill_chunk: int = 256  # prompt tokens per forward step (bounds the eager attention memory)
+    # label -> lm-eval --log_samples output of that model on the same instances (the read-out comparison)
+    answers: dict[str, str] = field(default_factory=dict)
+    readout_features: str = "attention"  # the feature set whose probe scores the read-out uses
 
     def __post_init__(self) -> None:
         checks = [(bool(self.models), "no model to probe"),
@@ -30,7 +33,12 @@ class ProbeOptions:
                   (self.top_heads >= 1, "--top-heads must be at least 1"),
                   (all(layer >= 0 for layer in self.hidden_layer), "--hidden-layer must not be negative"),
                   (len(set(self.hidden_layer)) == len(self.hidden_layer), "--hidden-layer lists a layer twice"),
-                  (self.prefill_chunk >= 1, "--prefill-chunk must be at least 1")]
+                  (self.prefill_chunk >= 1, "--prefill-chunk must be at least 1"),
+                  (self.readout_features in {"attention", "label_free", "position",
+                                             *(f"hidden_{layer}" for layer in self.hidden_layer)},
+                   f"--readout-features {self.readout_features}: not a feature set of this run"),
+                  (set(self.answers) <= set(self.models),
+                   f"--answers names a model that is not probed: {sorted(set(self.answers) - set(self.models))}")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
