@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from trainers.losses import (
+    mix_hard_negatives,
     char_map_for_omission,
     combined_loss,
     count_label_tokens,
@@ -227,6 +228,61 @@ def test_infonce_accepts_no_hard_negatives_and_rejects_bad_temperature():
     assert torch.equal(none_given, zero_given)
     with pytest.raises(ValueError, match="temperature"):
         sequence_infonce_loss(anchor, anchor, None, temperature=0.0)
+
+
+# ---- mix_hard_negatives (MoCHi) ------------------------------------------------------------------
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=-1)
+
+
+def test_mixing_draws_from_the_hardest_negatives_only_and_carries_no_gradient():
+    """Row 0 has three negatives, e1 the most similar to the anchor, then e2, e3 orthogonal: with N = 2
+    every pair mix lies in span(e1, e2) and every anchor mix in span(anchor, e1 or e2) and is closer to the
+    anchor than the negative it came from. Row 1 has one negative: no pair mix (masked), anchor mixes only."""
+    anchor = torch.stack([_unit(E[0] + 0.0 * E[1]), E[0]]).requires_grad_()
+    negatives = torch.stack([torch.stack([_unit(E[0] + 2 * E[1]), _unit(E[0] + 4 * E[2]), E[3]]),
+                             torch.stack([_unit(E[0] + E[1]), E[2], E[3]])]).requires_grad_()
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    generator = torch.Generator().manual_seed(0)
+    mixed, mixed_mask = mix_hard_negatives(anchor, negatives, mask, 2, 5, 4, generator)
+    assert mixed.shape == (2, 3 + 5 + 4, 4) and mixed_mask.shape == (2, 12)
+    assert torch.equal(mixed[:, :3], negatives) and torch.equal(mixed_mask[:, :3], mask)
+    assert mixed_mask[0, 3:].all() and not mixed_mask[1, 3:8].any() and mixed_mask[1, 8:].all()
+    pairs, with_anchor = mixed[0, 3:8].detach(), mixed[0, 8:].detach()
+    assert torch.allclose(pairs.norm(dim=-1), torch.ones(5, dtype=pairs.dtype))
+    assert torch.allclose(pairs[:, 3], torch.zeros(5, dtype=pairs.dtype), atol=1e-12)   # nothing of e3
+    first_two = negatives[0, :2].detach()
+    spanned = first_two.T @ torch.linalg.lstsq(first_two.T, pairs.T).solution            # projection on span
+    assert torch.allclose(spanned.T, pairs, atol=1e-10)
+    cosine = with_anchor @ anchor[0].detach()
+    assert (cosine > (negatives[0, :2].detach() @ anchor[0].detach()).min() - 1e-12).all()
+    assert torch.allclose(with_anchor[:, 3], torch.zeros(4, dtype=pairs.dtype), atol=1e-12)
+    # No gradient through the synthetic negatives: a loss on them alone reaches neither input.
+    to_anchor, to_negatives = torch.autograd.grad(mixed[:, 3:].sum(), [anchor, negatives], allow_unused=True,
+                                                  materialize_grads=True)
+    assert not to_anchor.any() and not to_negatives.any()
+    # The same generator seed gives the same draws; another seed others.
+    again, _ = mix_hard_negatives(anchor, negatives, mask, 2, 5, 4, torch.Generator().manual_seed(0))
+    other, _ = mix_hard_negatives(anchor, negatives, mask, 2, 5, 4, torch.Generator().manual_seed(1))
+    assert torch.equal(again, mixed) and not torch.equal(other, mixed)
+
+
+def test_mixing_off_or_without_negatives_returns_the_inputs_and_the_loss_still_trains():
+    anchor, negatives = random_tensor(2, 8, seed=1), random_tensor(2, 3, 8, seed=2)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    generator = torch.Generator().manual_seed(0)
+    assert mix_hard_negatives(anchor, negatives, mask, 3, 0, 0, generator)[0] is negatives
+    assert mix_hard_negatives(anchor, negatives[:, :0], mask[:, :0], 3, 2, 2, generator)[0].shape == (2, 0, 8)
+    with pytest.raises(ValueError, match=">= 0"):
+        mix_hard_negatives(anchor, negatives, mask, 3, -1, 0, generator)
+    anchor.requires_grad_()
+    mixed, mixed_mask = mix_hard_negatives(anchor, negatives, mask, 3, 2, 2, generator)
+    loss = sequence_infonce_loss(anchor, random_tensor(2, 8, seed=3), mixed, 0.1, negative_mask=mixed_mask)
+    plain = sequence_infonce_loss(anchor, random_tensor(2, 8, seed=3), negatives, 0.1, negative_mask=mask)
+    assert loss > plain   # more negatives in the denominator
+    loss.backward()
+    assert torch.isfinite(anchor.grad).all() and anchor.grad.abs().sum() > 0
 
 
 # ---- gap_alignment_loss -------------------------------------------------------------------------

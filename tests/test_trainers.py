@@ -19,8 +19,8 @@ from absence_tasks.schema import PLACEHOLDER, Instance, read_jsonl, write_jsonl
 from trainers import contrastive, run, sft
 from trainers.config import LEARNING_RATE, AbsenceSFTConfig, ScriptArguments
 from trainers.contrastive import ContrastiveCollator, companion_states, contrastive_features
-from trainers.data import (adjacent_pair_negative, complete_copy, data_sha256, encode, hard_negatives,
-                           load_training_instances, shortest_line_negative)
+from trainers.data import (adjacent_pair_negative, changed_line_negative, complete_copy, data_sha256, encode,
+                           hard_negatives, load_training_instances, repeated_line_negative, shortest_line_negative)
 from trainers.accounting import ComputeAccountant
 from trainers.card import read_model_card
 
@@ -270,6 +270,33 @@ def test_adjacent_pair_negative_takes_the_first_of_equal_pairs_and_only_neighbou
     assert adjacent_pair_negative(poetry_instance("omission", ("a", "b"), (0,))) is None
 
 
+def test_repeated_line_negative_drops_the_middle_of_the_most_frequent_near_identical_lines():
+    refrain = ("O sing", "the refrain", "a verse", "the  refrain", "b verse", "the refrain ", "c verse",
+               "a verse")
+    hard = repeated_line_negative(poetry_instance("omission", refrain, (4,)))
+    # "the refrain" occurs three times (whitespace aside), "a verse" twice: the middle refrain, line 3, goes.
+    assert hard.modified_lines == refrain[:3] + refrain[4:] and hard.omitted_indices == (3,)
+    placeholder = repeated_line_negative(poetry_instance("placeholder", refrain, (4,)))
+    assert placeholder.modified_lines[3] == PLACEHOLDER and placeholder.omitted_indices == (3,)
+    diff = ("@@ -1,6 +1,7 @@", " def f():", "+    if x:", "+        return 1", "+    }", " }", "-    }")
+    pr = Instance("pr", "github_prs", "omission", "train", diff, diff[:2] + diff[3:], (2,))
+    # The closing brackets at any indent and diff marker are one shape; the middle of the three is line 5.
+    assert repeated_line_negative(pr).omitted_indices == (5,)
+    assert repeated_line_negative(poetry_instance("omission", LINES, (0,))) is None   # nothing repeats
+
+
+def test_changed_line_negative_shortens_one_line_and_leaves_nothing_missing():
+    poem = ("the long first line", "two words", "x", "the last line here")
+    hard = changed_line_negative(poetry_instance("omission", poem, (0,)))
+    # The shortest omittable line with two words loses its last word; nothing is omitted.
+    assert hard.modified_lines == ("the long first line", "two", "x", "the last line here")
+    assert hard.omitted_indices == () and hard.answer_lines == [] and hard.original_lines == poem
+    numbers = Instance("n", "numerical", "omission", "train", ("100", "104", "108", "112"), ("100", "108", "112"),
+                       (1,))
+    assert changed_line_negative(numbers).modified_lines == ("10", "104", "108", "112")   # a number loses a digit
+    assert changed_line_negative(poetry_instance("omission", ("a", "b", "c"), (0,))) is None
+
+
 def test_hard_negatives_follow_the_kinds_in_order_and_skip_those_that_do_not_apply():
     instance = poetry_instance("omission", LINES, (0,))
     both = hard_negatives(instance)
@@ -324,6 +351,28 @@ def test_each_hard_negative_kind_costs_counted_forward_only_tokens(tiny_llama_di
     assert both["tokens_forward_only"] > one_kind["tokens_forward_only"]
     assert both["flops"] - one_kind["flops"] ==\
         2 * both["n_params"] * (both["tokens_forward_only"] - one_kind["tokens_forward_only"])
+
+
+def test_the_harder_negatives_and_feature_mixing_train_and_are_recorded(tiny_llama_dir, tmp_path, contrastive_run,
+                                                                        capsys):
+    """All four kinds of hard negatives plus MoCHi's synthetic ones: the run trains, records its settings,
+    and the two new kinds cost forward-only tokens beyond the default two (the synthetic ones cost none)."""
+    out = tmp_path / "mochi"
+    assert contrastive.main(flags(tiny_llama_dir, out, "--lambda_seq", 1, "--lambda_gap", 1, "--hard_negative_kinds",
+                                  "shortest_line", "adjacent_pair", "repeated_line", "changed_line", "--mochi_mixed", 2,
+                                  "--mochi_anchor_mixed", 1, domains=("numerical", "poetry"))) == 0
+    card = read_model_card(out)
+    assert card["training_args"]["hard_negative_kinds"] == ["shortest_line", "adjacent_pair", "repeated_line",
+                                                            "changed_line"]
+    assert (card["training_args"]["mochi_mixed"], card["training_args"]["mochi_anchor_mixed"]) == (2, 1)
+    assert card["compute"]["tokens_trained"] == read_model_card(contrastive_run)["compute"]["tokens_trained"]
+    assert card["compute"]["tokens_forward_only"] > read_model_card(contrastive_run)["compute"]["tokens_forward_only"]
+    seq = [entry["seq_loss"] for entry in logged(out) if "seq_loss" in entry]
+    assert seq and all(math.isfinite(value) for value in seq)
+    capsys.readouterr()
+    assert contrastive.main(flags(tiny_llama_dir, tmp_path / "bad", "--mochi_mixed", -1)) == 2
+    assert "--mochi_mixed and --mochi_anchor_mixed must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 # ---- budget, LoRA ---------------------------------------------------------------------------------------

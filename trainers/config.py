@@ -14,7 +14,7 @@ from trl import GRPOConfig, ModelConfig, SFTConfig
 
 from absence_tasks.models import DEFAULT_CHECKPOINT
 from absence_tasks.schema import DOMAINS, VARIANTS
-from trainers.data import HARD_NEGATIVE_KINDS, domain_curriculum_stages, generation_config
+from trainers.data import DEFAULT_HARD_NEGATIVE_KINDS, HARD_NEGATIVE_KINDS, domain_curriculum_stages, generation_config
 from trainers.losses import POOLING_MODES
 from trainers.recipe import PRECISIONS
 from trainers.rewards import RL_MODES
@@ -217,7 +217,7 @@ class ContrastiveConfig(AbsenceSFTConfig):
         default=0.0, metadata={"help": "Weight of the direct gap signal: a linear probe on the --contrastive_layer "
                                        "states at the first token of each edited-copy line predicts whether lines "
                                        "are missing right before it (class-balanced binary cross-entropy), trained "
-                                       "jointly and saved beside the model as gap_probe.safetensors (0: off)."})
+                                       "jointly and saved beside the model as gap_probe/gap_probe.safetensors (0: off)."})
     temperature: float = field(default=0.1, metadata={"help": "InfoNCE temperature."})
     contrastive_layer: int = field(
         default=-1, metadata={"help": "Hidden layer whose states the contrastive losses use (-1: the last, "
@@ -231,14 +231,27 @@ class ContrastiveConfig(AbsenceSFTConfig):
         default=True, metadata={"help": "Add the --hard_negative_kinds edits of each instance as InfoNCE negatives "
                                         "(used only when --lambda_seq > 0)."})
     hard_negative_kinds: list[str] = field(
-        default_factory=lambda: list(HARD_NEGATIVE_KINDS),
+        default_factory=lambda: list(DEFAULT_HARD_NEGATIVE_KINDS),
         metadata={"help": "Which hard negatives to build per instance: shortest_line (only the shortest omittable "
                           "line edited), adjacent_pair (only the two adjacent omittable lines with the shortest "
-                          "combined length edited; none for needle instances or documents without such a pair). "
+                          "combined length edited; none for needle instances or documents without such a pair), "
+                          "repeated_line (one line dropped from the middle of the most frequent run of "
+                          "near-identical lines: refrains, closing brackets; none without a repeated line), "
+                          "changed_line (nothing missing, the shortest line shortened by a word or a character). "
                           "Each one costs an extra forward-only pass, counted in the FLOPs: with "
                           "--share_prefix_cache (it starts at the first edit) 8 to 13 percent of the training "
                           "pass's FLOPs on the default data.",
                   "choices": list(HARD_NEGATIVE_KINDS)})
+    mochi_mixed: int = field(
+        default=0, metadata={"help": "Hard-negative mixing (MoCHi, Kalantidis et al. 2020), s: per instance, this many "
+                                     "synthetic negatives, each a normalised convex mix of two of its --mochi_hardest "
+                                     "hardest negatives (no gradient through them; 0: off)."})
+    mochi_anchor_mixed: int = field(
+        default=0, metadata={"help": "MoCHi's s': this many harder synthetic negatives, each the anchor mixed into "
+                                     "one of the hardest negatives with a weight below 0.5 (0: off)."})
+    mochi_hardest: int = field(
+        default=3, metadata={"help": "MoCHi's N: how many of an instance's negatives, ranked by similarity to the "
+                                     "anchor, the synthetic ones are mixed from."})
     in_batch_negatives: bool = field(
         default=True, metadata={"help": "Other instances' copies are negatives too."})
     share_prefix_cache: bool = field(
@@ -257,6 +270,8 @@ class ContrastiveConfig(AbsenceSFTConfig):
             raise ValueError(f"--gap_margin is a cosine similarity, between -1 and 1; got {self.gap_margin}")
         if bad := [k for k in self.hard_negative_kinds if k not in HARD_NEGATIVE_KINDS]:
             raise ValueError(f"unknown --hard_negative_kinds {bad[0]!r} (expected {', '.join(HARD_NEGATIVE_KINDS)})")
+        if min(self.mochi_mixed, self.mochi_anchor_mixed) < 0 or self.mochi_hardest < 1:
+            raise ValueError("--mochi_mixed and --mochi_anchor_mixed must be >= 0 and --mochi_hardest >= 1")
 
 
 # ---- reinforcement (trainers.rl) ---------------------------------------------------------------------------

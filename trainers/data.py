@@ -287,11 +287,64 @@ def adjacent_pair_negative(instance: Instance) -> Instance | None:
     return None if pair is None else _with_lines_edited(instance, pair)
 
 
-HARD_NEGATIVE_BUILDERS = {"shortest_line": shortest_line_negative, "adjacent_pair": adjacent_pair_negative}
+def _line_shape(instance: Instance, line: str) -> str:
+    """What makes two lines near-identical: the text without whitespace (and, in a diff, without the
+    first column's +/-/space marker), so refrains and closing brackets at any indent fall together."""
+    text = line[1:] if instance.domain == "github_prs" and line[:1] in "+- " else line
+    return "".join(text.split())
+
+
+def repeated_line_negative(instance: Instance) -> Instance | None:
+    """The same task with one line dropped from the middle of a run of near-identical lines (a verse
+    refrain, a `}` or `)` line in code): of the line shapes (`_line_shape`) that occur more than once,
+    the most frequent (first of equals), its middle occurrence deleted / replaced by the placeholder. The
+    text no longer says which copy is gone, only that one is. None for needle instances, documents
+    without a repeated line, or when that line is the instance's own edit. Deterministic."""
+    if instance.variant == "needle":
+        return None
+    occurrences: dict[str, list[int]] = {}
+    for i, line in enumerate(instance.original_lines):
+        if shape := _line_shape(instance, line):
+            occurrences.setdefault(shape, []).append(i)
+    repeated = [where for where in occurrences.values() if len(where) > 1]
+    if not repeated:
+        return None
+    most = max(repeated, key=lambda where: (len(where), -where[0]))
+    choice = most[len(most) // 2]
+    return None if [choice] == missing_line_indices(instance) else _with_lines_edited(instance, [choice])
+
+
+def changed_line_negative(instance: Instance) -> Instance | None:
+    """The same task whose only edit is one *changed* line, nothing missing (the model must not take
+    "edited" for "missing"): the shortest omittable line with two or more words loses its last word;
+    without one, the shortest with two or more characters loses its last character (a number loses a
+    digit). None for needle instances or when no line can be shortened. Deterministic."""
+    if instance.variant == "needle":
+        return None
+    lines = instance.original_lines
+    candidates = sorted(_omittable_candidates(instance), key=lambda i: (len(lines[i]), i))
+
+    def shortened(line: str) -> str | None:
+        words = line.split()
+        if len(words) > 1:
+            return line[:line.rstrip().rfind(words[-1])].rstrip()
+        return line.rstrip()[:-1] if len(line.strip()) > 1 else None
+
+    for i in candidates:
+        if (changed := shortened(lines[i])) is not None:
+            modified = tuple(changed if k == i else line for k, line in enumerate(lines))
+            return replace(instance, modified_lines=modified, omitted_indices=(), metadata={})
+    return None
+
+
+HARD_NEGATIVE_BUILDERS = {"shortest_line": shortest_line_negative, "adjacent_pair": adjacent_pair_negative,
+                          "repeated_line": repeated_line_negative, "changed_line": changed_line_negative}
 HARD_NEGATIVE_KINDS = tuple(HARD_NEGATIVE_BUILDERS)
+# The kinds a run builds unless told otherwise (the two the committed studies used).
+DEFAULT_HARD_NEGATIVE_KINDS = ("shortest_line", "adjacent_pair")
 
 
-def hard_negatives(instance: Instance, kinds: Sequence[str] = HARD_NEGATIVE_KINDS) -> list[Instance]:
+def hard_negatives(instance: Instance, kinds: Sequence[str] = DEFAULT_HARD_NEGATIVE_KINDS) -> list[Instance]:
     """The hard negatives of `instance`, one per kind in `kinds` order, leaving out kinds that do not apply."""
     if bad := [k for k in kinds if k not in HARD_NEGATIVE_BUILDERS]:
         raise ValueError(f"unknown hard negative kind {bad[0]!r} (expected {', '.join(HARD_NEGATIVE_KINDS)})")

@@ -8,7 +8,8 @@ Objectives
   model for those logits only.
 * `pool_hidden`: one vector per row from the states of a token span (mean or last token).
 * `sequence_infonce_loss`: the original must be closer to its complete copy than to its edited versions;
-  `negatives_by_row` arranges a varying number of negatives per row into its (B, K, H) input and mask.
+  `negatives_by_row` arranges a varying number of negatives per row into its (B, K, H) input and mask;
+  `mix_hard_negatives` adds MoCHi's synthetic negatives (feature-level mixes of the hardest ones).
 * `gap_alignment_terms` / `gap_alignment_loss`: the edited document's states match the complete
   document's at corresponding tokens, except the first token after a gap, which is pushed away.
 * `gap_probe_loss`: the direct gap signal — a linear probe on the state at each edited-copy line's first
@@ -122,6 +123,60 @@ def negatives_by_row(vectors: torch.Tensor, rows: torch.Tensor, batch: int) -> t
     mask = torch.zeros(batch, k, dtype=torch.bool, device=vectors.device)
     mask[rows, slots] = True
     return negatives, mask
+
+
+def mix_hard_negatives(anchor: torch.Tensor, negatives: torch.Tensor, negative_mask: torch.Tensor, n_hardest: int,
+                       n_mixed: int, n_anchor_mixed: int, generator: torch.Generator
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard-negative mixing at the feature level (MoCHi, Kalantidis et al. 2020), per row.
+
+    anchor (B, H); negatives (B, K, H) with negative_mask (B, K). The row's negatives are ranked by cosine
+    similarity to its anchor and the `n_hardest` most similar kept; from them `n_mixed` synthetic ones
+    h = norm(a·n_i + (1 - a)·n_j) (a ~ U(0, 1), i != j drawn from the hardest) and `n_anchor_mixed` harder
+    ones h' = norm(b·q + (1 - b)·n_j) (b ~ U(0, 0.5), q the anchor, n_j one of the hardest). They carry no
+    gradient. Returns (B, K + n_mixed + n_anchor_mixed, H) and its mask: a synthetic slot is False where
+    its row lacks the negatives to make it (two for a mix of pairs, one for a mix with the anchor). Every
+    random draw comes from `generator`."""
+    batch, k, hidden = negatives.shape
+    if min(n_hardest, n_mixed, n_anchor_mixed) < 0:
+        raise ValueError("n_hardest, n_mixed and n_anchor_mixed must be >= 0")
+    if n_mixed + n_anchor_mixed == 0 or n_hardest == 0 or k == 0:
+        return negatives, negative_mask
+    with torch.no_grad():
+        q = F.normalize(_compute_dtype(anchor), dim=-1, eps=_NORM_EPS)                     # (B, H)
+        n = F.normalize(_compute_dtype(negatives), dim=-1, eps=_NORM_EPS)                  # (B, K, H)
+        similarity = torch.einsum("bh,bkh->bk", q, n).masked_fill(~negative_mask, float("-inf"))
+        top = min(n_hardest, k)
+        hardest = similarity.topk(top, dim=1).indices                                     # (B, top)
+        available = negative_mask.sum(dim=1).clamp(max=top)                               # (B,) hardest that exist
+        rows = torch.arange(batch, device=negatives.device)[:, None]
+        pool = n[rows, hardest]                                                             # (B, top, H)
+
+        def draw(count: int, within: torch.Tensor) -> torch.Tensor:
+            """(B, count) indices uniform in 0..within[b] - 1 (0 where within is 0)."""
+            u = torch.rand(batch, count, generator=generator, device=generator.device).to(negatives.device)
+            return (u * within.clamp(min=1)[:, None]).long().clamp(max=top - 1)
+
+        synthetic, masks = [], []
+        if n_mixed:
+            i = draw(n_mixed, available)
+            # j != i: drawn among the other available - 1 and shifted past i
+            j = draw(n_mixed, available - 1)
+            j = j + (j >= i).long()
+            j = j.clamp(max=top - 1)
+            alpha = torch.rand(batch, n_mixed, 1, generator=generator, device=generator.device).to(negatives.device)
+            mixed = alpha * pool[rows, i] + (1 - alpha) * pool[rows, j]
+            synthetic.append(F.normalize(mixed, dim=-1, eps=_NORM_EPS))
+            masks.append((available >= 2)[:, None].expand(batch, n_mixed))
+        if n_anchor_mixed:
+            j = draw(n_anchor_mixed, available)
+            beta = 0.5 * torch.rand(batch, n_anchor_mixed, 1, generator=generator,
+                                    device=generator.device).to(negatives.device)
+            mixed = beta * q[:, None, :] + (1 - beta) * pool[rows, j]
+            synthetic.append(F.normalize(mixed, dim=-1, eps=_NORM_EPS))
+            masks.append((available >= 1)[:, None].expand(batch, n_anchor_mixed))
+    return (torch.cat([negatives, torch.cat(synthetic, dim=1).to(negatives.dtype)], dim=1),
+            torch.cat([negative_mask.bool(), *masks], dim=1))
 
 
 def sequence_infonce_loss(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor | None,
