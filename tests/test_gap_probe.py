@@ -94,6 +94,11 @@ def test_a_probe_run_trains_the_probe_beside_a_plain_checkpoint_and_resumes_it(t
     assert card["gap_probe"]["file"] == GAP_PROBE_FILE and card["compute"]["tokens_forward_only"] == 0
     assert "direct gap signal" in (out / "README.md").read_text()
 
+    # The checkpoint's only top-level weights file is the model's: vLLM loads every top-level *.safetensors.
+    assert [p.name for p in out.glob("*.safetensors")] == ["model.safetensors"]
+    assert [p.name for p in (out / "checkpoint-1").glob("*.safetensors")] == ["model.safetensors"]
+    from absence_tasks.io import default_file_mode
+    assert (out / GAP_PROBE_FILE).stat().st_mode & 0o777 == default_file_mode()   # ordinary data, like the model
     final = load_file(out / GAP_PROBE_FILE)
     first = load_file(out / "checkpoint-1" / GAP_PROBE_FILE)
     assert final["weight"].shape == (1, json.loads((out / "config.json").read_text())["hidden_size"])

@@ -93,9 +93,11 @@ def write_final_model(trainer, output_dir: str, record: dict[str, Any], instance
         atomic_write_text(staging / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
         atomic_write_text(staging / CARD_NAME, model_card(record["method"], record))
         names = sorted(p.name for p in staging.iterdir())
-        for name in names:  # safetensors creates owner-only files; a model is ordinary data
-            os.chmod(staging / name, default_file_mode())
+        for path in staging.rglob("*"):  # safetensors creates owner-only files; a model is ordinary data
+            os.chmod(path, 0o777 & ~(0o666 ^ default_file_mode()) if path.is_dir() else default_file_mode())
         for name in [n for n in names if n not in FINAL_FILES_LAST] + list(FINAL_FILES_LAST):
+            if (out / name).is_dir():  # a folder (the gap probe's) replaces a folder of a killed earlier write
+                shutil.rmtree(out / name)
             os.replace(staging / name, out / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -8,7 +8,8 @@ plus forward-only passes over two companions of each instance:
 * the complete copy B: the same prompt with nothing missing (the modified copy equals the original);
 * the hard negatives C: the same prompt with one small edit each (`trainers.data.hard_negatives`, the
   kinds `hard_negative_kinds` names: only the shortest line edited; only the shortest pair of adjacent
-  lines edited).
+  lines edited; by choice also one of a run of near-identical lines dropped, or one line changed and
+  nothing missing).
 
 Sequence level (exact choice). Every vector is the pooled hidden state (layer `contrastive_layer`,
 `pooling` mean|last) of a document span inside a prompt:
@@ -29,12 +30,16 @@ each gap is pushed away from its counterpart (max(0, cos - gap_margin)) — the 
 "something is missing". B's states are a target (no gradient). Only omission instances have a gap
 alignment; a gap at the very end of a copy has no token after it and is not marked.
 
+Hard-negative mixing (`mochi_mixed`, `mochi_anchor_mixed`, off by default; MoCHi, Kalantidis et al. 2020):
+synthetic negatives mixed at the feature level from the row's hardest ones and from the anchor itself
+(`trainers.losses.mix_hard_negatives`), with no gradient, added to the InfoNCE denominator.
+
 Direct gap signal (`lambda_probe`, off by default). A linear probe on A's states (the same layer) at the
 first token of every edited-copy line predicts whether one or more original lines are missing right
 before it — tens of labels per instance where the answer gives a few, and no extra forward pass (it needs
 neither B nor the Cs). Class-balanced binary cross-entropy (`trainers.losses.gap_probe_loss`), trained
-jointly; the probe is saved beside the model as `gap_probe.safetensors`, so the checkpoint stays a plain
-causal LM.
+jointly; the probe is saved beside the model as `gap_probe/gap_probe.safetensors`, so the checkpoint stays a
+plain causal LM.
 
 Cost. B and the Cs share their first tokens with A (the instruction, the whole original document and the
 copy up to its first difference), so with `share_prefix_cache` they are run only from their first
@@ -55,15 +60,16 @@ from transformers import DynamicCache
 
 from absence_tasks.schema import Instance
 from trainers.config import ContrastiveConfig, ScriptArguments
-from trainers.data import (HARD_NEGATIVE_KINDS, Encoded, common_prefix_length, complete_copy, document_char_spans,
-                           encode, hard_negatives, missing_line_indices, token_span)
+from trainers.data import (DEFAULT_HARD_NEGATIVE_KINDS, Encoded, common_prefix_length, complete_copy,
+                           document_char_spans, encode, hard_negatives, missing_line_indices, token_span)
 from trainers.losses import (char_map_for_omission, combined_loss, gap_alignment_loss, gap_char_positions_for_omission,
-                             gap_probe_loss, gap_token_mask, line_start_char_positions, negatives_by_row, pool_hidden,
-                             sequence_infonce_loss, token_alignment_from_char_map)
+                             gap_probe_loss, gap_token_mask, line_start_char_positions, mix_hard_negatives,
+                             negatives_by_row, pool_hidden, sequence_infonce_loss, token_alignment_from_char_map)
 from trainers.run import AbsenceTrainer, main_for
 
-# The direct gap signal's probe, saved beside the model: a Linear(hidden, 1) state dict (weight, bias).
-GAP_PROBE_FILE = "gap_probe.safetensors"
+# The direct gap signal's probe, saved beside the model: a Linear(hidden, 1) state dict (weight, bias). In a
+# folder of its own: vLLM loads every top-level *.safetensors of a checkpoint as model weights.
+GAP_PROBE_FILE = "gap_probe/gap_probe.safetensors"
 GAP_PROBE_LABEL = "one or more original lines are missing right before this edited-copy line (first token)"
 
 # Collated keys the model never sees (compute_loss takes them out of the batch).
@@ -97,7 +103,7 @@ def _companion(tokenizer, instance: Instance, chat: bool, training_ids: Sequence
 
 
 def contrastive_features(tokenizer, instance: Instance, chat: bool,
-                         hard_negative_kinds: Sequence[str] = HARD_NEGATIVE_KINDS,
+                         hard_negative_kinds: Sequence[str] = DEFAULT_HARD_NEGATIVE_KINDS,
                          scratchpad: bool = False) -> dict[str, Any]:
     """Everything the contrastive trainer needs about one instance, as plain lists (a datasets row).
 
@@ -290,6 +296,7 @@ class ContrastiveTrainer(AbsenceTrainer):
                 torch.nn.init.normal_(self.gap_probe.weight, std=text_config.hidden_size ** -0.5, generator=generator)
                 self.gap_probe.bias.zero_()
             self.gap_probe.to(self.args.device)
+        self._mixing_calls = (-1, 0)   # (optimizer step, micro-batches seen in it): seeds MoCHi's draws
 
     @property
     def sequence_on(self) -> bool:
@@ -314,7 +321,7 @@ class ContrastiveTrainer(AbsenceTrainer):
         if self.gap_probe is not None:
             from safetensors.torch import save_file
 
-            os.makedirs(folder, exist_ok=True)
+            os.makedirs(os.path.dirname(os.path.join(folder, GAP_PROBE_FILE)), exist_ok=True)
             save_file({k: v.detach().cpu().contiguous() for k, v in self.gap_probe.state_dict().items()},
                       os.path.join(folder, GAP_PROBE_FILE),
                       metadata={"layer": str(self.args.contrastive_layer), "label": GAP_PROBE_LABEL})
@@ -382,6 +389,14 @@ class ContrastiveTrainer(AbsenceTrainer):
             self.count(inputs["attention_mask"].size(0), inputs["attention_mask"].sum(), forward_only_tokens)
         return (loss, outputs) if return_outputs else loss
 
+    def _mixing_generator(self) -> torch.Generator:
+        """MoCHi's draws: seeded by (seed, optimizer step, micro-batch within the step), so a resumed run
+        draws what the uninterrupted one would have."""
+        step = self.state.global_step
+        calls = self._mixing_calls[1] + 1 if self._mixing_calls[0] == step else 0
+        self._mixing_calls = (step, calls)
+        return torch.Generator().manual_seed((self.args.seed * 1_000_003 + step) * 1_009 + calls)
+
     def _sequence_loss(self, states, companions, side, batch) -> torch.Tensor:
         pooling = self.args.pooling
         anchor = pool_hidden(states, side["original_mask"], pooling)
@@ -394,6 +409,10 @@ class ContrastiveTrainer(AbsenceTrainer):
         negatives = torch.cat([edited.unsqueeze(1), hard], dim=1)
         edited_present = torch.ones(batch, 1, dtype=torch.bool, device=hard_mask.device)
         negative_mask = torch.cat([edited_present, hard_mask], dim=1)
+        if self.args.mochi_mixed or self.args.mochi_anchor_mixed:
+            negatives, negative_mask = mix_hard_negatives(anchor, negatives, negative_mask, self.args.mochi_hardest,
+                                                          self.args.mochi_mixed, self.args.mochi_anchor_mixed,
+                                                          self._mixing_generator())
         return sequence_infonce_loss(anchor, positive, negatives, self.args.temperature, negative_mask=negative_mask,
                                      in_batch_negatives=self.args.in_batch_negatives)
 
