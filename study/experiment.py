@@ -11,10 +11,14 @@ stage, and vLLM gets a fresh process):
                  splits by a hash of each source, so no test document's source is trained on
     sft          python -m trainers.sft for a wall-time budget (its FLOPs are counted)
     contrastive  python -m trainers.contrastive with --compute_budget_flops = what SFT used: equal compute
-    eval-*       lm-eval on the test suite for zero-shot, SFT, contrastive (vLLM when installed, else HF)
-                 and the difflib oracle (the upper bound), with --log_samples
-    publish      leaderboard JSON (+ the AbsenceBench paper's reported rows), the paired bootstrap test
-                 contrastive vs SFT, Markdown, HTML page, plots, a headless-Chromium screenshot
+    rl           with --rl-minutes M only: python -m trainers.rl from the SFT checkpoint for M minutes
+    sft-continued  ... and the SFT checkpoint trained on with SFT for the FLOPs RL used: equal *additional*
+                 compute, the row RL is paired against
+    eval-*       lm-eval on the test suite for zero-shot, SFT, contrastive (and rl, sft-continued; vLLM when
+                 installed, else HF) and the difflib oracle (the upper bound), with --log_samples
+    publish      leaderboard JSON (+ the AbsenceBench paper's reported rows), the paired bootstrap tests
+                 contrastive vs SFT (and rl vs sft-continued), Markdown, HTML page, plots, a headless-Chromium
+                 screenshot
 
 A finished stage writes `stages/<name>.json`; running the same command again skips finished stages,
 resumes an interrupted training run from its last checkpoint and reuses the answers an interrupted
@@ -71,21 +75,29 @@ class Plan:
     train_domains: tuple[str, ...] = DOMAINS  # fewer: cross-domain transfer to the left-out ones
     curve_instances_per_domain: int = 6      # the trainers' learning curve (validation split)
     curve_every_steps: int = 150
+    rl_seconds: float = 0.0  # RL from the SFT checkpoint for this wall time, against SFT continued (0: no RL)
+    rl_config: str | None = None  # a trainers.rl YAML config (TRL's --config) for the RL stage
+
+    @property
+    def trained(self) -> tuple[str, ...]:
+        """The trained models' names (folders under models/, rows of the leaderboard)."""
+        return ("sft", "contrastive", *(("rl", "sft-continued") if self.rl_seconds else ()))
 
     @property
     def task_groups(self) -> tuple[str, ...]:
         return TASK_GROUPS if self.n_eval_placeholder else TASK_GROUPS[:1]
 
     def estimated_seconds(self) -> float:
-        """Training of both methods plus an estimate of the three models' evaluation (for the log only)."""
+        """Training plus an estimate of the models' evaluation (for the log only); RL's continued SFT takes
+        about as long as RL."""
         rate, start = ((VLLM_INSTANCES_PER_SECOND, VLLM_START_SECONDS) if self.backend == "vllm"
                        else (HF_INSTANCES_PER_SECOND, 20))
         instances = len(DOMAINS) * (self.n_eval + self.n_eval_placeholder)
-        return 2 * self.train_seconds + 3 * (start + instances / rate)
+        return 2 * self.train_seconds + 2 * self.rl_seconds + (1 + len(self.trained)) * (start + instances / rate)
 
 
 def make_plan(train_seconds: float, backend: str, seed: int, n_eval: int = 100, n_eval_placeholder: int = 30,
-              train_domains: tuple[str, ...] = DOMAINS) -> Plan:
+              train_domains: tuple[str, ...] = DOMAINS, rl_seconds: float = 0.0, rl_config: str | None = None) -> Plan:
     """The study's plan: SFT trains for `train_seconds` (contrastive for the same FLOPs), on a curriculum train
     split sized to what that time gets through, and the three models are scored on n_eval instances per
     omission task (n_eval_placeholder per placeholder task)."""
@@ -94,12 +106,16 @@ def make_plan(train_seconds: float, backend: str, seed: int, n_eval: int = 100, 
                          f"{MAX_TRAIN_SECONDS // 3600} h of training)")
     if n_eval < 1 or n_eval_placeholder < 0:
         raise StudyError("--n-eval must be >= 1 and --n-eval-placeholder >= 0")
+    if rl_seconds and not MIN_TRAIN_SECONDS <= rl_seconds <= MAX_TRAIN_SECONDS:
+        raise StudyError(f"--rl-minutes {rl_seconds / 60:g} is outside the bounds (0, or {MIN_TRAIN_SECONDS} s to "
+                         f"{MAX_TRAIN_SECONDS // 3600} h)")
     n_train = max(20, min(5000, round(train_seconds * PLANNED_INSTANCES_PER_SECOND / len(train_domains))))
     # The learning curve costs evaluation time (≈ 7 s per validation instance on 2 cores, on top of the training
     # budget): a short run gets a smaller validation set; a 30-minute run (≈ 400 steps) gets four points.
     curve = 6 if train_seconds >= 20 * 60 else 3
     return Plan(round(train_seconds, 1), backend, n_eval, n_eval_placeholder, n_train, seed, tuple(train_domains),
-                curve_instances_per_domain=curve, curve_every_steps=150)
+                curve_instances_per_domain=curve, curve_every_steps=150, rl_seconds=round(rl_seconds, 1),
+                rl_config=rl_config)
 
 
 def default_backend() -> str:
@@ -177,12 +193,14 @@ class Study:
                 "test_instances_per_placeholder_task": self.plan.n_eval_placeholder}
 
     def train(self, method: str, name: str | None = None, train_file: Path | None = None,
-              run_args: list[str] | None = None) -> dict:
-        """`python -m trainers.<method>` into models/<name>; `run_args` say how long and how fast it trains
-        (default: the study's budgets: SFT for a wall time, contrastive for the FLOPs SFT used)."""
+              run_args: list[str] | None = None, start: Path | None = None) -> dict:
+        """`python -m trainers.<method>` from `start` (default: the base model) into models/<name>; `run_args`
+        say how long and how fast it trains (default: the study's budgets: SFT for a wall time, contrastive for
+        the FLOPs SFT used). RL draws its own short documents (its default), the others the train split."""
         output = self.out / "models" / (name or method)
-        args = [sys.executable, "-m", f"trainers.{method}", "--model_name_or_path", str(self.model),
-                "--train_file", str(train_file or self.out / "data" / "train.jsonl"), "--output_dir", str(output),
+        data = [] if method == "rl" else ["--train_file", str(train_file or self.out / "data" / "train.jsonl")]
+        args = [sys.executable, "-m", f"trainers.{method}", "--model_name_or_path", str(start or self.model),
+                *data, "--output_dir", str(output),
                 "--seed", str(self.plan.seed), "--logging_steps", "10", "--save_steps", "50", "--save_total_limit",
                 "1", "--report_to", "none",
                 "--curve_instances_per_domain", str(self.plan.curve_instances_per_domain),
@@ -203,7 +221,16 @@ class Study:
         args = ["--num_train_epochs", "100"]
         if method == "sft":
             return args + ["--max_train_seconds", str(self.plan.train_seconds)]
+        if method == "rl":
+            config = ["--config", self.plan.rl_config] if self.plan.rl_config else []
+            return args + config + ["--max_train_seconds", str(self.plan.rl_seconds)]
         return args + ["--compute_budget_flops", str(training_record(self.out / "models" / "sft")["compute"]["flops"])]
+
+    def continue_sft(self) -> dict:
+        """SFT from the SFT checkpoint for the FLOPs RL spent: the same start and the same extra compute."""
+        flops = training_record(self.out / "models" / "rl")["compute"]["flops"]
+        return self.train("sft", "sft-continued", start=self.out / "models" / "sft",
+                          run_args=["--num_train_epochs", "100", "--compute_budget_flops", str(flops)])
 
     def evaluate(self, name: str, model: Path | None = None, groups: tuple[str, ...] | None = None) -> dict:
         """lm-eval on the test suite into eval/<name>: the oracle, or a model (default: the base model for
@@ -237,11 +264,14 @@ class Study:
         board = self.out / "leaderboard.json"
         board.unlink(missing_ok=True)  # rebuilt from the evaluations every time
         lb = [sys.executable, "-m", "leaderboard"]
-        for name in ("oracle", "zero-shot", "sft", "contrastive"):
-            self.command(lb + ["publish", str(self.out / "eval" / name), "--out", str(board), "--method", name,
+        for name in ("oracle", "zero-shot", *self.plan.trained):
+            method = "sft" if name == "sft-continued" else name
+            self.command(lb + ["publish", str(self.out / "eval" / name), "--out", str(board), "--method", method,
                                "--model-name", "difflib-oracle" if name == "oracle" else f"{self.model_label}-{name}"])
         self.command(lb + ["add-reported", "--out", str(board)])
         self.command(lb + ["compare", str(board), f"{self.model_label}-contrastive", f"{self.model_label}-sft"])
+        if self.plan.rl_seconds:
+            self.command(lb + ["compare", str(board), f"{self.model_label}-rl", f"{self.model_label}-sft-continued"])
         self.command(lb + ["render", str(board), "--out", str(self.out / "page"), "--screenshot"])
         curves = {name: training_record(self.out / "models" / name).get("learning_curve") or []
                   for name in ("sft", "contrastive")}
@@ -250,9 +280,11 @@ class Study:
         return {"leaderboard": str(board), "page": str(self.out / "page" / "index.html")}
 
     def stages(self) -> list[tuple[str, Any]]:
+        rl = [("rl", lambda: self.train("rl", start=self.out / "models" / "sft")),
+              ("sft-continued", self.continue_sft)] if self.plan.rl_seconds else []
         return [("model", self.prepare_model), ("data", self.build_data),
-                ("sft", lambda: self.train("sft")), ("contrastive", lambda: self.train("contrastive")),
-                *[(f"eval-{n}", lambda n=n: self.evaluate(n)) for n in ("oracle", "zero-shot", "sft", "contrastive")],
+                ("sft", lambda: self.train("sft")), ("contrastive", lambda: self.train("contrastive")), *rl,
+                *[(f"eval-{n}", lambda n=n: self.evaluate(n)) for n in ("oracle", "zero-shot", *self.plan.trained)],
                 ("publish", self.publish)]
 
     def run(self) -> None:
@@ -317,19 +349,20 @@ def walks_first(model_dir: Path) -> bool:
 
 def load_or_make_plan(out: Path, args: argparse.Namespace) -> Plan:
     path = out / "plan.json"
-    asked = make_plan(args.train_minutes * 60, args.backend or default_backend(), args.seed, args.n_eval, args.n_eval_placeholder,
-                      tuple(args.train_domains))
+    asked = make_plan(args.train_minutes * 60, args.backend or default_backend(), args.seed, args.n_eval,
+                      args.n_eval_placeholder, tuple(args.train_domains), args.rl_minutes * 60,
+                      str(args.rl_config.resolve()) if args.rl_config else None)
     # A plan whose study never finished a stage binds nothing yet: a corrected command replaces it.
     if path.is_file() and any((out / "stages").glob("*.json")):
         stored = json.loads(path.read_text())
         if "train_seconds" not in stored:
             raise StudyError(f"{path}: a study planned by an older version (a whole-study budget); use another --out")
         plan = Plan(**{**stored, "train_domains": tuple(stored["train_domains"])})
-        if (plan.train_seconds, plan.n_eval, plan.n_eval_placeholder) != (
-                asked.train_seconds, asked.n_eval, asked.n_eval_placeholder):
+        if (plan.train_seconds, plan.n_eval, plan.n_eval_placeholder, plan.rl_seconds) != (
+                asked.train_seconds, asked.n_eval, asked.n_eval_placeholder, asked.rl_seconds):
             raise StudyError(f"{path}: this study was planned for --train-minutes {plan.train_seconds / 60:g} "
-                             f"--n-eval {plan.n_eval} --n-eval-placeholder {plan.n_eval_placeholder}; use another "
-                             f"--out for a different plan")
+                             f"--n-eval {plan.n_eval} --n-eval-placeholder {plan.n_eval_placeholder} --rl-minutes "
+                             f"{plan.rl_seconds / 60:g}; use another --out for a different plan")
         return plan
     atomic_write_text(path, json.dumps(asdict(asked), indent=2) + "\n")
     return asked
@@ -351,9 +384,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-domains", nargs="+", choices=DOMAINS, default=list(DOMAINS),
                         help="domains to train on; leave one out to measure cross-domain transfer, e.g. "
                              "--train-domains numerical poetry (all three are always evaluated)")
+    parser.add_argument("--rl-minutes", type=float, default=0.0,
+                        help="also train python -m trainers.rl from the SFT checkpoint for this wall time, and SFT on "
+                             "from the same checkpoint for the FLOPs RL used, and pair them (default 0: no RL)")
+    parser.add_argument("--rl-config", type=Path, default=None,
+                        help="a YAML config for the rl stage (python -m trainers.rl --config: TRL's keys, e.g. "
+                             "num_generations, pass_at_k_instances_per_domain); the study's budget flags win")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("train_args", nargs=argparse.REMAINDER,
-                        help="after `--`: extra flags for both trainers, e.g. -- --learning_rate 5e-5")
+                        help="after `--`: extra flags for every trainer, e.g. -- --learning_rate 5e-5")
     return launch(parser.parse_args(argv), load_or_make_plan, Study)
 
 
@@ -367,6 +406,11 @@ def launch(args: argparse.Namespace, plan_loader, study_class: type[Study]) -> i
             from absence_tasks.models import load_checkpoint_or_die
 
             load_checkpoint_or_die(args.model)
+        rl_config = getattr(args, "rl_config", None)
+        if rl_config is not None and not rl_config.is_file():
+            raise StudyError(f"{rl_config}: no such file (--rl-config)")
+        if rl_config is not None and not args.rl_minutes:
+            raise StudyError("--rl-config needs --rl-minutes")
         check_output_folder(args.out)
         args.out.mkdir(parents=True, exist_ok=True)
         plan = plan_loader(args.out, args)
@@ -374,7 +418,7 @@ def launch(args: argparse.Namespace, plan_loader, study_class: type[Study]) -> i
         study.log(f"plan: {json.dumps(asdict(plan))}")
         if isinstance(plan, Plan):
             study.log(f"estimated {plan.estimated_seconds() / 60:.0f} min: training "
-                      f"{2 * plan.train_seconds / 60:.0f} min, the rest evaluation")
+                      f"{(2 * plan.train_seconds + 2 * plan.rl_seconds) / 60:.0f} min, the rest evaluation")
         study.run()
 
     return run_command(study_class.program, run, handled=(StudyError, ValueError, OSError))

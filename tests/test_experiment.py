@@ -1,5 +1,6 @@
 """The study command end to end on a tiny random Llama (HF backend): killed in the middle of SFT
-training, run again, it resumes that training, skips finished stages and publishes the leaderboard."""
+training, run again, it resumes that training, skips finished stages, trains RL and SFT-continued from the
+SFT checkpoint at equal additional FLOPs, and publishes the leaderboard."""
 
 import json
 import os
@@ -29,8 +30,12 @@ def test_a_plan_trains_for_the_time_asked_and_evaluates_on_top(minutes):
 
 
 def _study_command(model: Path, out: Path) -> list[str]:
+    # RL's own settings, small for a test, from a YAML config as TRL reads it.
+    rl_config = out.parent / "rl.yaml"
+    rl_config.write_text("pass_at_k_instances_per_domain: 1\nmax_completion_length: 24\n")
     return [sys.executable, "-m", "study.experiment", "--model", str(model), "--out", str(out),
-            "--backend", "hf", "--n-eval", "1", "--n-eval-placeholder", "1", "--train-minutes", "0.2", "--",
+            "--backend", "hf", "--n-eval", "1", "--n-eval-placeholder", "1", "--train-minutes", "0.2",
+            "--rl-minutes", "0.2", "--rl-config", str(rl_config), "--",
             "--gradient_accumulation_steps", "1", "--save_steps", "1", "--max_length", "3000",
             "--curve_instances_per_domain", "1"]
 
@@ -53,7 +58,7 @@ def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, tmp_
     second = subprocess.run(_study_command(tiny_llama_dir, out), cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-4000:]
-    assert "stage 2/9 data: done before, skipped" in second.stderr
+    assert "stage 2/13 data: done before, skipped" in second.stderr
     assert json.loads((out / "stages" / "data.json").read_text()) == data_marker
 
     from trainers.card import read_model_card
@@ -65,14 +70,24 @@ def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, tmp_
     assert contrastive["compute"]["budget_flops"] == sft["compute"]["flops"]
     assert contrastive["compute"]["flops"] >= sft["compute"]["flops"]
 
+    # RL from the SFT checkpoint for its wall time; SFT continued from the same checkpoint for RL's FLOPs.
+    rl, continued = read_model_card(out / "models" / "rl"), read_model_card(out / "models" / "sft-continued")
+    assert rl["model_args"]["model_name_or_path"] == continued["model_args"]["model_name_or_path"] == str(
+        (out / "models" / "sft").resolve())
+    assert rl["compute"]["stopped_by_time"] and continued["compute"]["budget_flops"] == rl["compute"]["flops"]
+    assert continued["compute"]["flops"] >= rl["compute"]["flops"]
+    assert rl["training_args"]["max_completion_length"] == 24   # the --rl-config YAML reached the RL stage
+
     board = json.loads((out / "leaderboard.json").read_text())
     methods = {row["method"] for row in board["rows"]}
-    assert {"oracle", "zero-shot", "sft", "contrastive", "reported"} <= methods
+    assert {"oracle", "zero-shot", "sft", "contrastive", "rl", "reported"} <= methods
     oracle = next(row for row in board["rows"] if row["method"] == "oracle")
     assert oracle["average"]["value"] == 1.0
-    assert board["comparisons"], "the contrastive-vs-SFT paired test is missing"
-    assert {row["model"] for row in board["rows"] if row["method"] == "sft"} == {"tiny-llama-sft"}
-    sft_row = next(row for row in board["rows"] if row["method"] == "sft")
+    pairs = {(c["row_a"]["model"], c["row_b"]["model"]) for c in board["comparisons"]}
+    assert pairs == {("tiny-llama-contrastive", "tiny-llama-sft"), ("tiny-llama-rl", "tiny-llama-sft-continued")}
+    assert {row["model"] for row in board["rows"] if row["method"] == "sft"} == {"tiny-llama-sft",
+                                                                                 "tiny-llama-sft-continued"}
+    sft_row = next(row for row in board["rows"] if row["model"] == "tiny-llama-sft")
     assert sft_row["training"]["optimizer_steps"] == sft["global_step"]
     page = out / "page"
     assert (page / "index.html").is_file() and (page / "f1_by_domain.png").stat().st_size > 0
@@ -83,7 +98,7 @@ def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, tmp_
     # A finished study run again does nothing but say so.
     third = subprocess.run(_study_command(tiny_llama_dir, out), cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=120)
-    assert third.returncode == 0 and third.stderr.count("done before, skipped") == 9
+    assert third.returncode == 0 and third.stderr.count("done before, skipped") == 13
 
 
 def test_bad_model_path_is_one_line_and_writes_nothing(tmp_path):
@@ -93,6 +108,12 @@ def test_bad_model_path_is_one_line_and_writes_nothing(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "config.json" in result.stderr
     assert not out.exists()
+    for flags, named in [(["--rl-minutes", "5", "--rl-config", str(tmp_path / "no.yaml")], "no.yaml: no such file"),
+                         (["--rl-config", __file__], "--rl-config needs --rl-minutes")]:
+        result = subprocess.run([sys.executable, "-m", "study.experiment", "--out", str(out), *flags], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and named in result.stderr
+        assert not out.exists()
 
 
 def test_a_plan_binds_only_once_its_study_has_finished_a_stage(tmp_path):
@@ -102,7 +123,7 @@ def test_a_plan_binds_only_once_its_study_has_finished_a_stage(tmp_path):
 
     def args(minutes: float) -> argparse.Namespace:
         return argparse.Namespace(train_minutes=minutes, backend="hf", seed=0, n_eval=100, n_eval_placeholder=30,
-                                  train_domains=["numerical"])
+                                  train_domains=["numerical"], rl_minutes=0, rl_config=None)
 
     assert load_or_make_plan(tmp_path, args(15)).train_seconds == 900
     # Nothing ran yet: a corrected command replaces the plan.

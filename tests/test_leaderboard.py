@@ -350,6 +350,28 @@ def a_valid_doc() -> dict:
     return doc
 
 
+def test_the_json_schema_accepts_exactly_the_methods_the_code_names():
+    import json
+
+    from leaderboard.schema import METHODS, SCHEMA_PATH
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("method"), dict) and "enum" in node["method"]:
+                found.append(node["method"]["enum"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    assert found and all(sorted(enum) == sorted([*METHODS, "reported"]) for enum in found)
+
+
 @pytest.mark.parametrize("break_it, where, what", [
     (lambda d: d["rows"][0]["tasks"]["absence_poetry"]["f1"].update(value=1.5),
      "rows[0].tasks.absence_poetry.f1.value", "1.5 is greater than the maximum of 1"),
