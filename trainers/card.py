@@ -16,7 +16,7 @@ from typing import Any
 
 import jinja2
 
-from absence_tasks.io import default_file_mode
+from absence_tasks.io import default_file_mode, new_directory_mode
 from absence_tasks.schema import Instance, atomic_write_text, write_jsonl
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -94,7 +94,7 @@ def write_final_model(trainer, output_dir: str, record: dict[str, Any], instance
         atomic_write_text(staging / CARD_NAME, model_card(record["method"], record))
         names = sorted(p.name for p in staging.iterdir())
         for path in staging.rglob("*"):  # safetensors creates owner-only files; a model is ordinary data
-            os.chmod(path, 0o777 & ~(0o666 ^ default_file_mode()) if path.is_dir() else default_file_mode())
+            os.chmod(path, new_directory_mode() if path.is_dir() else default_file_mode())
         for name in [n for n in names if n not in FINAL_FILES_LAST] + list(FINAL_FILES_LAST):
             if (out / name).is_dir():  # a folder (the gap probe's) replaces a folder of a killed earlier write
                 shutil.rmtree(out / name)
