@@ -11,6 +11,7 @@ stage, and vLLM gets a fresh process):
                  splits by a hash of each source, so no test document's source is trained on
     sft          python -m trainers.sft for a wall-time budget (its FLOPs are counted)
     contrastive  python -m trainers.contrastive with --compute_budget_flops = what SFT used: equal compute
+                 (left out with --methods sft)
     rl           with --rl-minutes M only: python -m trainers.rl from the SFT checkpoint for M minutes
     sft-continued  ... and the SFT checkpoint trained on with SFT for the FLOPs RL used: equal *additional*
                  compute, the row RL is paired against
@@ -46,6 +47,8 @@ from absence_tasks.schema import DOMAINS, atomic_write_text
 
 TASK_GROUPS = ("absencebench", "absencebench_placeholder")
 EVAL_VARIANTS = ("omission", "placeholder")
+# The methods a study trains from the base model; SFT's wall time is the budget the others get in FLOPs.
+METHODS = ("sft", "contrastive")
 
 # A study trains each method for a fixed time (`--train-minutes`; contrastive gets the FLOPs SFT used) and then
 # evaluates on top of it, so a bigger test set never eats the training. The bounds: below ten seconds there is no
@@ -77,11 +80,12 @@ class Plan:
     curve_every_steps: int = 150
     rl_seconds: float = 0.0  # RL from the SFT checkpoint for this wall time, against SFT continued (0: no RL)
     rl_config: str | None = None  # a trainers.rl YAML config (TRL's --config) for the RL stage
+    methods: tuple[str, ...] = METHODS  # the methods trained from the base model (SFT always: it sets the budget)
 
     @property
     def trained(self) -> tuple[str, ...]:
         """The trained models' names (folders under models/, rows of the leaderboard)."""
-        return ("sft", "contrastive", *(("rl", "sft-continued") if self.rl_seconds else ()))
+        return (*self.methods, *(("rl", "sft-continued") if self.rl_seconds else ()))
 
     @property
     def task_groups(self) -> tuple[str, ...]:
@@ -93,11 +97,12 @@ class Plan:
         rate, start = ((VLLM_INSTANCES_PER_SECOND, VLLM_START_SECONDS) if self.backend == "vllm"
                        else (HF_INSTANCES_PER_SECOND, 20))
         instances = len(DOMAINS) * (self.n_eval + self.n_eval_placeholder)
-        return 2 * self.train_seconds + 2 * self.rl_seconds + (1 + len(self.trained)) * (start + instances / rate)
+        return len(self.methods) * self.train_seconds + 2 * self.rl_seconds + (1 + len(self.trained)) * (start + instances / rate)
 
 
 def make_plan(train_seconds: float, backend: str, seed: int, n_eval: int = 100, n_eval_placeholder: int = 30,
-              train_domains: tuple[str, ...] = DOMAINS, rl_seconds: float = 0.0, rl_config: str | None = None) -> Plan:
+              train_domains: tuple[str, ...] = DOMAINS, rl_seconds: float = 0.0, rl_config: str | None = None,
+              methods: tuple[str, ...] = METHODS) -> Plan:
     """The study's plan: SFT trains for `train_seconds` (contrastive for the same FLOPs), on a curriculum train
     split sized to what that time gets through, and the three models are scored on n_eval instances per
     omission task (n_eval_placeholder per placeholder task)."""
@@ -109,13 +114,20 @@ def make_plan(train_seconds: float, backend: str, seed: int, n_eval: int = 100, 
     if rl_seconds and not MIN_TRAIN_SECONDS <= rl_seconds <= MAX_TRAIN_SECONDS:
         raise StudyError(f"--rl-minutes {rl_seconds / 60:g} is outside the bounds (0, or {MIN_TRAIN_SECONDS} s to "
                          f"{MAX_TRAIN_SECONDS // 3600} h)")
+    check_methods(methods)
+    methods = tuple(m for m in METHODS if m in methods)  # the stages' order, each once
     n_train = max(20, min(5000, round(train_seconds * PLANNED_INSTANCES_PER_SECOND / len(train_domains))))
     # The learning curve costs evaluation time (≈ 7 s per validation instance on 2 cores, on top of the training
     # budget): a short run gets a smaller validation set; a 30-minute run (≈ 400 steps) gets four points.
     curve = 6 if train_seconds >= 20 * 60 else 3
     return Plan(round(train_seconds, 1), backend, n_eval, n_eval_placeholder, n_train, seed, tuple(train_domains),
                 curve_instances_per_domain=curve, curve_every_steps=150, rl_seconds=round(rl_seconds, 1),
-                rl_config=rl_config)
+                rl_config=rl_config, methods=methods)
+
+
+def check_methods(methods) -> None:
+    if "sft" not in methods:
+        raise StudyError("--methods must include sft: the other methods train for the FLOPs SFT used")
 
 
 def default_backend() -> str:
@@ -269,12 +281,13 @@ class Study:
             self.command(lb + ["publish", str(self.out / "eval" / name), "--out", str(board), "--method", method,
                                "--model-name", "difflib-oracle" if name == "oracle" else f"{self.model_label}-{name}"])
         self.command(lb + ["add-reported", "--out", str(board)])
-        self.command(lb + ["compare", str(board), f"{self.model_label}-contrastive", f"{self.model_label}-sft"])
+        if "contrastive" in self.plan.methods:
+            self.command(lb + ["compare", str(board), f"{self.model_label}-contrastive", f"{self.model_label}-sft"])
         if self.plan.rl_seconds:
             self.command(lb + ["compare", str(board), f"{self.model_label}-rl", f"{self.model_label}-sft-continued"])
         self.command(lb + ["render", str(board), "--out", str(self.out / "page"), "--screenshot"])
         curves = {name: training_record(self.out / "models" / name).get("learning_curve") or []
-                  for name in ("sft", "contrastive")}
+                  for name in self.plan.methods}
         if any(curves.values()):
             atomic_write_bytes(self.out / "page" / "learning_curve.png", learning_curve_png(curves))
         return {"leaderboard": str(board), "page": str(self.out / "page" / "index.html")}
@@ -283,7 +296,7 @@ class Study:
         rl = [("rl", lambda: self.train("rl", start=self.out / "models" / "sft")),
               ("sft-continued", self.continue_sft)] if self.plan.rl_seconds else []
         return [("model", self.prepare_model), ("data", self.build_data),
-                ("sft", lambda: self.train("sft")), ("contrastive", lambda: self.train("contrastive")), *rl,
+                *[(m, lambda m=m: self.train(m)) for m in self.plan.methods], *rl,
                 *[(f"eval-{n}", lambda n=n: self.evaluate(n)) for n in ("oracle", "zero-shot", *self.plan.trained)],
                 ("publish", self.publish)]
 
@@ -351,18 +364,20 @@ def load_or_make_plan(out: Path, args: argparse.Namespace) -> Plan:
     path = out / "plan.json"
     asked = make_plan(args.train_minutes * 60, args.backend or default_backend(), args.seed, args.n_eval,
                       args.n_eval_placeholder, tuple(args.train_domains), args.rl_minutes * 60,
-                      str(args.rl_config.resolve()) if args.rl_config else None)
+                      str(args.rl_config.resolve()) if args.rl_config else None, tuple(args.methods))
     # A plan whose study never finished a stage binds nothing yet: a corrected command replaces it.
     if path.is_file() and any((out / "stages").glob("*.json")):
         stored = json.loads(path.read_text())
         if "train_seconds" not in stored:
             raise StudyError(f"{path}: a study planned by an older version (a whole-study budget); use another --out")
-        plan = Plan(**{**stored, "train_domains": tuple(stored["train_domains"])})
-        if (plan.train_seconds, plan.n_eval, plan.n_eval_placeholder, plan.rl_seconds) != (
-                asked.train_seconds, asked.n_eval, asked.n_eval_placeholder, asked.rl_seconds):
+        plan = Plan(**{**stored, "train_domains": tuple(stored["train_domains"]),
+                       "methods": tuple(stored.get("methods", METHODS))})
+        if (plan.train_seconds, plan.n_eval, plan.n_eval_placeholder, plan.rl_seconds, plan.methods) != (
+                asked.train_seconds, asked.n_eval, asked.n_eval_placeholder, asked.rl_seconds, asked.methods):
             raise StudyError(f"{path}: this study was planned for --train-minutes {plan.train_seconds / 60:g} "
                              f"--n-eval {plan.n_eval} --n-eval-placeholder {plan.n_eval_placeholder} --rl-minutes "
-                             f"{plan.rl_seconds / 60:g}; use another --out for a different plan")
+                             f"{plan.rl_seconds / 60:g} --methods {' '.join(plan.methods)}; use another --out for a "
+                             f"different plan")
         return plan
     atomic_write_text(path, json.dumps(asdict(asked), indent=2) + "\n")
     return asked
@@ -390,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rl-config", type=Path, default=None,
                         help="a YAML config for the rl stage (python -m trainers.rl --config: TRL's keys, e.g. "
                              "num_generations, pass_at_k_instances_per_domain); the study's budget flags win")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="methods trained from the base model (default: both); sft is required, e.g. "
+                             "--methods sft --rl-minutes 30 for RL against SFT continued alone")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("train_args", nargs=argparse.REMAINDER,
                         help="after `--`: extra flags for every trainer, e.g. -- --learning_rate 5e-5")
@@ -411,6 +429,7 @@ def launch(args: argparse.Namespace, plan_loader, study_class: type[Study]) -> i
             raise StudyError(f"{rl_config}: no such file (--rl-config)")
         if rl_config is not None and not args.rl_minutes:
             raise StudyError("--rl-config needs --rl-minutes")
+        check_methods(getattr(args, "methods", METHODS))
         check_output_folder(args.out)
         args.out.mkdir(parents=True, exist_ok=True)
         plan = plan_loader(args.out, args)
@@ -418,7 +437,8 @@ def launch(args: argparse.Namespace, plan_loader, study_class: type[Study]) -> i
         study.log(f"plan: {json.dumps(asdict(plan))}")
         if isinstance(plan, Plan):
             study.log(f"estimated {plan.estimated_seconds() / 60:.0f} min: training "
-                      f"{(2 * plan.train_seconds + 2 * plan.rl_seconds) / 60:.0f} min, the rest evaluation")
+                      f"{(len(plan.methods) * plan.train_seconds + 2 * plan.rl_seconds) / 60:.0f} min, the rest "
+                      f"evaluation")
         study.run()
 
     return run_command(study_class.program, run, handled=(StudyError, ValueError, OSError))

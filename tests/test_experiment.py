@@ -109,7 +109,8 @@ def test_bad_model_path_is_one_line_and_writes_nothing(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "config.json" in result.stderr
     assert not out.exists()
     for flags, named in [(["--rl-minutes", "5", "--rl-config", str(tmp_path / "no.yaml")], "no.yaml: no such file"),
-                         (["--rl-config", __file__], "--rl-config needs --rl-minutes")]:
+                         (["--rl-config", __file__], "--rl-config needs --rl-minutes"),
+                         (["--methods", "contrastive"], "--methods must include sft")]:
         result = subprocess.run([sys.executable, "-m", "study.experiment", "--out", str(out), *flags], cwd=ROOT,
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and named in result.stderr
@@ -123,7 +124,8 @@ def test_a_plan_binds_only_once_its_study_has_finished_a_stage(tmp_path):
 
     def args(minutes: float) -> argparse.Namespace:
         return argparse.Namespace(train_minutes=minutes, backend="hf", seed=0, n_eval=100, n_eval_placeholder=30,
-                                  train_domains=["numerical"], rl_minutes=0, rl_config=None)
+                                  train_domains=["numerical"], rl_minutes=0, rl_config=None,
+                                  methods=["sft", "contrastive"])
 
     assert load_or_make_plan(tmp_path, args(15)).train_seconds == 900
     # Nothing ran yet: a corrected command replaces the plan.
@@ -135,3 +137,17 @@ def test_a_plan_binds_only_once_its_study_has_finished_a_stage(tmp_path):
         load_or_make_plan(tmp_path, args(30))
     with pytest.raises(StudyError, match="outside"):
         make_plan(99999 * 3600, "hf", seed=0)
+
+
+def test_methods_choose_the_arms_trained_from_the_base_model(tmp_path):
+    from study.experiment import Study, StudyError
+
+    plan = make_plan(600, "hf", 0, rl_seconds=600, methods=("sft",))
+    assert plan.trained == ("sft", "rl", "sft-continued")
+    names = [name for name, _ in Study(tmp_path, plan, None, []).stages()]
+    assert "contrastive" not in names and "eval-contrastive" not in names
+    assert names.index("sft") < names.index("rl") < names.index("sft-continued")
+    # The stages keep their order whatever order the flag gives.
+    assert make_plan(600, "hf", 0, methods=("contrastive", "sft")).methods == ("sft", "contrastive")
+    with pytest.raises(StudyError, match="must include sft"):
+        make_plan(600, "hf", 0, methods=("contrastive",))
