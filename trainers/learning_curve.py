@@ -6,10 +6,11 @@ The validation set is what the lm-eval tasks load with `--metadata '{"split": "v
 (`absence_tasks.lm_eval_tasks.load_instances_for_task`: its own sources, none in the train or test split);
 each prompt is the one lm-eval's HF backend sends with `--apply_chat_template`, its `max_gen_toks` the
 task's per-instance budget (`generation_budget`, in the model's tokens), its stop the task's `until`, and
-its score `absence_tasks.scoring.score_response` — no second implementation of any of them. One addition,
-which cannot change a score: decoding stops once a line has been given `REPEATS_TO_STOP` times (the scorer
-counts a repeated line once, so only a later new line could have counted, and a model in a loop rarely
-gives one), which saves most of the decoding a small model's looping answers would cost.
+its score `absence_tasks.scoring.score_response` — no second implementation of any of them. One addition:
+decoding stops once a line has been given `REPEATS_TO_STOP` times (the scorer counts a repeated line once,
+so only a later new line could have counted). It can change a score, a little: replayed on the study-30m
+answers (`benchmarks/degenerate_stop.py`), k = 3 cuts 73 of SFT's 300 and changes the F1 of 25 (mean
+15.69 -> 15.49), k = 5 changes 4 (15.71) — noise beside a curve's CI, for 17 % of the decoding saved.
 
 The time spent here is not training: the accountant's step clock restarts at the next step, and the
 curve records its own seconds. `ScheduledEvaluation` is the schedule and the bookkeeping, which the RL
