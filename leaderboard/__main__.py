@@ -45,13 +45,18 @@ def cmd_add_reported(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     c = compare(args.leaderboard, args.row_a, args.row_b, task=args.task, n_resamples=args.n_resamples,
-                seed=args.seed)
+                seed=args.seed, family=args.family)
     a, b = comparison_label(c, "row_a"), comparison_label(c, "row_b")
     p = format_p(c)
     print(f"{a} - {b}, {c['task']} F1: {format_difference(c)} points (95% CI), n={c['n_instances']} shared "
           f"instances, p {p if p.startswith('<') else '= ' + p} ({c['n_resamples']} paired resamples); "
           f"detectable at {c['power']:.0%} power: {100 * c['minimum_detectable_difference']:.1f} points; "
           f"stored in {args.leaderboard}")
+    if "family" in c:
+        family = [d for d in load(args.leaderboard)["comparisons"] if d.get("family") == c["family"]]
+        print(f"family {c['family']!r}, {len(family)} comparisons, Holm-adjusted p: "
+              + "; ".join(f"{comparison_label(d, 'row_a')} - {comparison_label(d, 'row_b')} ({d['task']}) "
+                          f"{format_p(d, 'p_holm')}" for d in family))
 
 
 def cmd_add_probe(args: argparse.Namespace) -> None:
@@ -113,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("row_a", metavar="ROW_A")
     p.add_argument("row_b", metavar="ROW_B")
     p.add_argument("--task", help="one task, e.g. absence_poetry (default: the average)")
+    p.add_argument("--family", help="a name for the comparisons tested together (e.g. an ablation's variants "
+                                    "against SFT): their p-values are Holm-adjusted over the family, which "
+                                    "can be built up run by run")
     p.add_argument("--n-resamples", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_compare)

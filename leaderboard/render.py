@@ -107,11 +107,18 @@ def format_difference(comparison: dict[str, Any]) -> str:
     return f"{value:+.1f} [{low:+.1f}, {high:+.1f}]"
 
 
-def format_p(comparison: dict[str, Any]) -> str:
-    # Zero resamples crossing 0 means p < 1/n_resamples, not p = 0.
-    if comparison["p_value"] == 0:
+def format_p(comparison: dict[str, Any], key: str = "p_value") -> str:
+    # Zero resamples crossing 0 means p < 1/n_resamples, not p = 0 (Holm's adjustment keeps a 0 at 0).
+    if comparison[key] == 0:
         return f"< {1 / comparison['n_resamples']:.0e}"
-    return f"{comparison['p_value']:.3g}"
+    return f"{comparison[key]:.3g}"
+
+
+def holm_cell(comparison: dict[str, Any]) -> Cell:
+    """The p-value adjusted over the comparison's family, and the family (none: tested alone)."""
+    if "p_holm" not in comparison:
+        return Cell("—", None)
+    return Cell(f"{format_p(comparison, 'p_holm')} ({comparison['family']})", comparison["p_holm"])
 
 
 def detectable_cell(comparison: dict[str, Any]) -> Cell:
@@ -263,6 +270,8 @@ def comparisons_table(comparisons: list[dict[str, Any]]) -> Table:
                number_column("A − B, F1 points [95% CI]", lambda c: Cell(format_difference(c), c["mean_difference"])),
                number_column("n", lambda c: Cell(str(c["n_instances"]), c["n_instances"])),
                number_column("p", lambda c: Cell(format_p(c), c["p_value"])),
+               *([number_column("p, Holm over the family", holm_cell)] if any("p_holm" in c for c in comparisons)
+                 else []),
                number_column("detectable at 80% power, F1 points", lambda c: detectable_cell(c))]
     return make_table("comparisons", columns, comparisons)
 

@@ -7,7 +7,9 @@ numpy Generator; scipy.stats.bootstrap draws the resamples.
 * `paired_bootstrap`  – difference of two rows on the instances both scored, resampled in pairs, with a
                         two-sided p-value-like share of resamples on the far side of zero;
   `paired_bootstrap_average` – the same for the average over tasks (pairs resampled within each task);
-  both also give `minimum_detectable_difference` (80% power at the test's level, from the bootstrap SE).
+  both also give `minimum_detectable_difference` (80% power at the test's level, from the bootstrap SE);
+* `holm_adjusted`     – Holm's step-down adjustment of a family's p-values (several variants tested against
+                        one baseline), which controls the family-wise error rate without independence.
 """
 
 from __future__ import annotations
@@ -46,6 +48,19 @@ class PairedDifference:
     n: int
     p_value: float
     minimum_detectable_difference: float
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm (1979): sort the m p-values ascending, multiply the i-th smallest (from 0) by m - i, carry the
+    running maximum so the order is kept, cap at 1; returned in the input's order."""
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1 or np.any((p < 0) | (p > 1)) or not np.all(np.isfinite(p)):
+        raise ValueError("p-values must be a list of numbers in [0, 1]")
+    order = np.argsort(p, kind="stable")
+    scaled = np.maximum.accumulate(p[order] * (len(p) - np.arange(len(p))))
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.minimum(scaled, 1.0)
+    return adjusted.tolist()
 
 
 def _as_scores(values: Sequence[float], what: str) -> np.ndarray:

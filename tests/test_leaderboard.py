@@ -15,7 +15,7 @@ import pytest
 from leaderboard.compare import compare
 from leaderboard.publish import add_reported, checkpoint_sha256, publish
 from leaderboard.schema import OMISSION_TASKS, LeaderboardError, empty_leaderboard, load, save, validate
-from leaderboard.stats import average_ci, bootstrap_ci, paired_bootstrap, paired_bootstrap_average
+from leaderboard.stats import average_ci, bootstrap_ci, holm_adjusted, paired_bootstrap, paired_bootstrap_average
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,6 +64,15 @@ def test_average_weighs_tasks_equally_whatever_their_sizes():
     # Resampling within tasks: the constant task adds no spread, so the CI is half the coin task's.
     coin = bootstrap_ci([0.0, 1.0] * 20)
     assert mixed.ci_high - mixed.ci_low == pytest.approx((coin.ci_high - coin.ci_low) / 2, rel=0.1)
+
+
+def test_holm_multiplies_the_ith_smallest_p_by_m_minus_i_and_keeps_their_order():
+    # Sorted 0.01, 0.03, 0.04 -> x3, x2, x1 = 0.03, 0.06, 0.04 -> running max 0.03, 0.06, 0.06.
+    assert holm_adjusted([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
+    assert holm_adjusted([0.6, 0.5]) == [1.0, 1.0]  # capped at 1
+    assert holm_adjusted([0.02]) == [0.02]  # a family of one is the test itself
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        holm_adjusted([1.2])
 
 
 def test_paired_bootstrap_of_identical_rows_is_exactly_zero():
@@ -200,7 +209,31 @@ def test_publish_scores_the_oracle_one_and_the_empty_model_zero(lm_eval_runs, tm
     assert oracle["lm_eval_version"] == "0.4.13"
     assert oracle["source"] == str(results_file(lm_eval_runs["absence-oracle"]))
     assert (oracle["training"], oracle["checkpoint_sha256"]) == (None, None)
-    assert "valid (schema 1.4, 2 rows" in cli("validate", board, cwd=tmp_path).stdout
+    assert "valid (schema 1.5, 2 rows" in cli("validate", board, cwd=tmp_path).stdout
+
+
+def test_a_family_of_comparisons_gets_holm_adjusted_p_values_built_up_run_by_run(lm_eval_runs, tmp_path):
+    from leaderboard.render import markdown
+
+    board = tmp_path / "leaderboard.json"
+    publish([lm_eval_runs["absence-oracle"], lm_eval_runs["absence-empty"]], board)
+    compare(board, "absence-oracle", "absence-empty", task="absence_poetry")  # alone: no family, no p_holm
+    first = compare(board, "absence-oracle", "absence-empty", family="ablation")
+    assert first["family"] == "ablation" and first["p_holm"] == first["p_value"]  # a family of one
+    proc = cli("compare", board, "absence-empty", "absence-oracle", "--task", "absence_numerical", "--family",
+               "ablation", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "family 'ablation', 2 comparisons, Holm-adjusted p:" in proc.stdout
+    doc = json.loads(board.read_text())
+    alone, *family = doc["comparisons"]
+    assert "p_holm" not in alone and [c["p_holm"] for c in family] == holm_adjusted([c["p_value"] for c in family])
+    validate(doc)
+    assert "p, Holm over the family" in markdown(doc) and "(ablation)" in markdown(doc)
+    assert "p, Holm over the family" not in markdown({**doc, "comparisons": [alone]})
+    before = board.read_bytes()
+    assert_one_line_error(cli("compare", board, "absence-oracle", "absence-empty", "--family", " ", cwd=tmp_path),
+                          "--family must be a non-empty name")
+    assert board.read_bytes() == before
 
 
 def test_publishing_again_replaces_the_row_and_its_stale_comparisons(lm_eval_runs, tmp_path):
@@ -377,7 +410,7 @@ def test_the_json_schema_accepts_exactly_the_methods_the_code_names():
      "rows[0].tasks.absence_poetry.f1.value", "1.5 is greater than the maximum of 1"),
     (lambda d: d["rows"][0].update(method="magic"), "rows[0].method", "'magic' is not one of"),
     (lambda d: d["rows"][0].pop("suite"), "rows[0]", "'suite' is a required property"),
-    (lambda d: d.update(schema_version="2.0"), "schema_version", "'2.0' is not one of ['1.0', '1.1', '1.2', '1.3', '1.4']"),
+    (lambda d: d.update(schema_version="2.0"), "schema_version", "'2.0' is not one of ['1.0', '1.1', '1.2', '1.3', '1.4', '1.5']"),
     (lambda d: d["rows"][0].update(method="reported", backend=None), "rows[0].per_instance", "not allowed here"),
     (lambda d: d["rows"].append(dict(d["rows"][0])), "rows[1]", "a second row for m@zero-shot@s1"),
     (lambda d: d.update(comparisons=[{
@@ -402,7 +435,7 @@ def test_a_version_1_0_file_is_read_and_written_back_at_the_current_version(tmp_
     old["schema_version"] = "1.0"  # 1.0 had no training.instances; its rows are valid 1.1 rows
     board.write_text(json.dumps(old))
     save(board, load(board))
-    assert json.loads(board.read_text())["schema_version"] == "1.4"
+    assert json.loads(board.read_text())["schema_version"] == "1.5"
 
 
 def test_an_invalid_document_is_never_written_and_validate_reports_it(tmp_path):
