@@ -22,6 +22,7 @@ Matching rule (documented in the README):
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import unicodedata
 from collections import Counter
@@ -258,3 +259,27 @@ def summarize(scores: Sequence[InstanceScore]) -> dict[str, float]:
         "recall": sum(s.recall for s in scores) / n if n else 0.0,
         "micro_f1": micro_f1(scores),
     }
+
+
+# ---- pass@k ------------------------------------------------------------------------------------------
+# Chen et al. 2021 ("Evaluating Large Language Models Trained on Code"): with n samples of which c pass,
+# 1 - C(n - c, k) / C(n, k) is the chance that k of the n, drawn without replacement, hold a pass — an
+# unbiased estimate of the model's pass@k, defined for k <= n. A pass is an F1 at or above a threshold
+# (1.0: exactly the missing lines).
+
+PASS_AT_K = (1, 4, 8)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k estimate from `n` samples of which `c` pass (1 <= k <= n)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def pass_at_ks(f1s: Sequence[float], threshold: float = 1.0, ks: Sequence[int] = PASS_AT_K) -> dict[int, float]:
+    """pass@k for each k up to the number of samples, from the F1s of one instance's sampled answers."""
+    n, passed = len(f1s), sum(f1 >= threshold for f1 in f1s)
+    return {k: pass_at_k(n, passed, k) for k in ks if k <= n}

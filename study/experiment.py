@@ -17,6 +17,8 @@ stage, and vLLM gets a fresh process):
                  compute, the row RL is paired against
     eval-*       lm-eval on the test suite for zero-shot, SFT, contrastive (and rl, sft-continued; vLLM when
                  installed, else HF) and the difflib oracle (the upper bound), with --log_samples
+    pass-at-k-*  with --rl-minutes only: pass@1/4/8 of the SFT checkpoint (RL's start) and of RL's end on the
+                 validation split (lm-eval's absencebench_pass_at_k, 8 answers at temperature 1 per instance)
     publish      leaderboard JSON (+ the AbsenceBench paper's reported rows), the paired bootstrap tests
                  contrastive vs SFT (and rl vs sft-continued), Markdown, HTML page, plots, a headless-Chromium
                  screenshot
@@ -59,10 +61,12 @@ MAX_TRAIN_SECONDS = 24 * 3600
 # machine: about 0.3. The train split is generated with half again as many (the curriculum draws each instance
 # once before any repeats, so a run that is faster than planned still sees new documents).
 PLANNED_INSTANCES_PER_SECOND = 0.45
-# vLLM on 2 cores: an engine start about 1.5 minutes; the suite about 0.2 instances/s. Only for the estimate
-# the study prints before it starts (evaluation is never cut to fit it).
+# vLLM on 2 cores (the recipe's engine settings): an engine start about 1.5 minutes, then about 1 instance/s
+# on the omission suite (results/study-30m: 300 instances scored in 388-511 s a model, start included). Only
+# for the estimate the study prints before it starts (evaluation is never cut to fit it).
 VLLM_START_SECONDS = 90
-VLLM_INSTANCES_PER_SECOND = 0.2
+VLLM_INSTANCES_PER_SECOND = 1.0
+PASS_AT_K_SAMPLES = 8  # answers per instance of the absencebench_pass_at_k tasks (their `repeats`)
 HF_INSTANCES_PER_SECOND = 0.03
 
 
@@ -81,6 +85,7 @@ class Plan:
     rl_seconds: float = 0.0  # RL from the SFT checkpoint for this wall time, against SFT continued (0: no RL)
     rl_config: str | None = None  # a trainers.rl YAML config (TRL's --config) for the RL stage
     methods: tuple[str, ...] = METHODS  # the methods trained from the base model (SFT always: it sets the budget)
+    pass_at_k_instances_per_domain: int = 10  # RL's before/after pass@k (validation split, lm-eval, 8 samples)
 
     @property
     def trained(self) -> tuple[str, ...]:
@@ -97,20 +102,23 @@ class Plan:
         rate, start = ((VLLM_INSTANCES_PER_SECOND, VLLM_START_SECONDS) if self.backend == "vllm"
                        else (HF_INSTANCES_PER_SECOND, 20))
         instances = len(DOMAINS) * (self.n_eval + self.n_eval_placeholder)
-        return len(self.methods) * self.train_seconds + 2 * self.rl_seconds + (1 + len(self.trained)) * (start + instances / rate)
+        pass_at_k = 2 * (start + PASS_AT_K_SAMPLES * len(DOMAINS) * self.pass_at_k_instances_per_domain / rate
+                         ) if self.rl_seconds else 0.0
+        return (len(self.methods) * self.train_seconds + 2 * self.rl_seconds
+                + (1 + len(self.trained)) * (start + instances / rate) + pass_at_k)
 
 
 def make_plan(train_seconds: float, backend: str, seed: int, n_eval: int = 100, n_eval_placeholder: int = 30,
               train_domains: tuple[str, ...] = DOMAINS, rl_seconds: float = 0.0, rl_config: str | None = None,
-              methods: tuple[str, ...] = METHODS) -> Plan:
+              methods: tuple[str, ...] = METHODS, pass_at_k_instances_per_domain: int = 10) -> Plan:
     """The study's plan: SFT trains for `train_seconds` (contrastive for the same FLOPs), on a curriculum train
     split sized to what that time gets through, and the three models are scored on n_eval instances per
     omission task (n_eval_placeholder per placeholder task)."""
     if not MIN_TRAIN_SECONDS <= train_seconds <= MAX_TRAIN_SECONDS:
         raise StudyError(f"--train-minutes {train_seconds / 60:g} is outside the bounds ({MIN_TRAIN_SECONDS} s to "
                          f"{MAX_TRAIN_SECONDS // 3600} h of training)")
-    if n_eval < 1 or n_eval_placeholder < 0:
-        raise StudyError("--n-eval must be >= 1 and --n-eval-placeholder >= 0")
+    if n_eval < 1 or n_eval_placeholder < 0 or pass_at_k_instances_per_domain < 1:
+        raise StudyError("--n-eval and --pass-at-k-instances must be >= 1 and --n-eval-placeholder >= 0")
     if rl_seconds and not MIN_TRAIN_SECONDS <= rl_seconds <= MAX_TRAIN_SECONDS:
         raise StudyError(f"--rl-minutes {rl_seconds / 60:g} is outside the bounds (0, or {MIN_TRAIN_SECONDS} s to "
                          f"{MAX_TRAIN_SECONDS // 3600} h)")
@@ -122,7 +130,7 @@ def make_plan(train_seconds: float, backend: str, seed: int, n_eval: int = 100, 
     curve = 6 if train_seconds >= 20 * 60 else 3
     return Plan(round(train_seconds, 1), backend, n_eval, n_eval_placeholder, n_train, seed, tuple(train_domains),
                 curve_instances_per_domain=curve, curve_every_steps=150, rl_seconds=round(rl_seconds, 1),
-                rl_config=rl_config, methods=methods)
+                rl_config=rl_config, methods=methods, pass_at_k_instances_per_domain=pass_at_k_instances_per_domain)
 
 
 def check_methods(methods) -> None:
@@ -235,7 +243,10 @@ class Study:
             return args + ["--max_train_seconds", str(self.plan.train_seconds)]
         if method == "rl":
             config = ["--config", self.plan.rl_config] if self.plan.rl_config else []
-            return args + config + ["--max_train_seconds", str(self.plan.rl_seconds)]
+            # pass@k before and after is the study's own stage (lm-eval, vLLM when installed): far faster than
+            # the trainer's HF sampling, which took 35 minutes for 30 instances x 8 answers on 2 cores.
+            return args + config + ["--max_train_seconds", str(self.plan.rl_seconds),
+                                    "--pass_at_k_instances_per_domain", "0"]
         return args + ["--compute_budget_flops", str(training_record(self.out / "models" / "sft")["compute"]["flops"])]
 
     def continue_sft(self) -> dict:
@@ -243,6 +254,12 @@ class Study:
         flops = training_record(self.out / "models" / "rl")["compute"]["flops"]
         return self.train("sft", "sft-continued", start=self.out / "models" / "sft",
                           run_args=["--num_train_epochs", "100", "--compute_budget_flops", str(flops)])
+
+    def eval_dtype(self) -> str:
+        """vLLM's dtype: the precision the SFT trainer measured faster on this machine in this run (bf16
+        autocast trained 2x faster than fp32 on an EPYC with avx512_bf16, 16x slower on an AVX2-only one)."""
+        precision = training_record(self.out / "models" / "sft").get("precision") or {}
+        return "bfloat16" if precision.get("chosen") == "bf16" else "float32"
 
     def evaluate(self, name: str, model: Path | None = None, groups: tuple[str, ...] | None = None) -> dict:
         """lm-eval on the test suite into eval/<name>: the oracle, or a model (default: the base model for
@@ -253,24 +270,44 @@ class Study:
         settings: dict[str, Any] = {"data_dir": str(self.out / "data" / "suite")}
         if model is not None and walks_first(model):
             settings["scratchpad"] = True  # trained to walk the document first: budgets that fit the walk
-        metadata = json.dumps(settings)
-        # `absence-lm-eval`: lm_eval's CLI with the project's models (the oracle) and task folder; started
-        # through the interpreter so it is the same environment even when the console script is not on PATH.
+        self.lm_eval(model, groups or self.plan.task_groups, settings, output,
+                     cache=self.out / "eval" / f".cache-{name}")
+        return {"output": str(output)}
+
+    def pass_at_k(self, name: str) -> dict:
+        """pass@1/4/8 of models/<name> (lm-eval's absencebench_pass_at_k: 8 answers sampled at temperature 1 per
+        validation instance) into pass_at_k/<name>: RL's starting point (sft) and its end (rl)."""
+        output = self.out / "pass_at_k" / name
+        settings = {"split": "validation", "n": self.plan.pass_at_k_instances_per_domain, "seed": self.plan.seed}
+        self.lm_eval(self.out / "models" / name, ("absencebench_pass_at_k",), settings, output, cache=None)
+        from leaderboard.publish import find_results_files
+
+        (path,) = find_results_files([output])  # one model folder: its newest results file
+        results = json.loads(path.read_text())["results"]
+        return {"output": str(output), "pass_at_k": {
+            task: {key.split(",")[0]: round(100 * value, 2) for key, value in metrics.items()
+                   if key.endswith(",all_samples") and "_stderr" not in key}
+            for task, metrics in results.items()}}
+
+    def lm_eval(self, model: Path | None, tasks: tuple[str, ...], metadata: dict[str, Any], output: Path,
+                cache: Path | None) -> None:
+        """`absence-lm-eval` (lm_eval's CLI with the project's models and task folder) on `tasks`: the oracle
+        when `model` is None, else the model through vLLM or HF; started through the interpreter so it is the
+        same environment even when the console script is not on PATH."""
         lm_eval_cli = [sys.executable, "-c", "from absence_tasks.lm_eval_models import main; main()"]
-        args = [*lm_eval_cli, "--tasks", *(groups or self.plan.task_groups), "--metadata", metadata, "--output_path", str(output), "--log_samples",
-                "--seed", str(self.plan.seed)]
-        if name == "oracle":
+        args = [*lm_eval_cli, "--tasks", *tasks, "--metadata", json.dumps(metadata), "--output_path", str(output),
+                "--log_samples", "--seed", str(self.plan.seed)]
+        if model is None:
             args += ["--model", "absence-oracle"]
         else:
-            args += ["--apply_chat_template", "--use_cache", str(self.out / "eval" / f".cache-{name}")]
+            args += ["--apply_chat_template", *(["--use_cache", str(cache)] if cache else [])]
             if self.plan.backend == "vllm":
                 args += ["--model", "vllm", "--batch_size", "auto", "--model_args",
-                         f"pretrained={model},dtype=bfloat16,gpu_memory_utilization=0.35,max_model_len=8192,"
-                         f"enforce_eager=True"]
+                         f"pretrained={model},dtype={self.eval_dtype()},gpu_memory_utilization=0.35,"
+                         f"max_model_len=8192,enforce_eager=True"]
             else:
                 args += ["--model", "hf", "--batch_size", "8", "--model_args", f"pretrained={model},dtype=float32"]
         self.command(args)
-        return {"output": str(output)}
 
     def publish(self) -> dict:
         board = self.out / "leaderboard.json"
@@ -285,6 +322,10 @@ class Study:
             self.command(lb + ["compare", str(board), f"{self.model_label}-contrastive", f"{self.model_label}-sft"])
         if self.plan.rl_seconds:
             self.command(lb + ["compare", str(board), f"{self.model_label}-rl", f"{self.model_label}-sft-continued"])
+            for name in ("sft", "rl"):  # the stages' own record, in the log beside the comparison
+                group = json.loads(self.marker(f"pass-at-k-{name}").read_text())["pass_at_k"]["absencebench_pass_at_k"]
+                self.log(f"pass@k of {name} (validation, {self.plan.pass_at_k_instances_per_domain} per domain, "
+                         f"8 samples): " + ", ".join(f"{k.replace('pass_at_', 'pass@')} {v:.1f}" for k, v in group.items()))
         self.command(lb + ["render", str(board), "--out", str(self.out / "page"), "--screenshot"])
         curves = {name: training_record(self.out / "models" / name).get("learning_curve") or []
                   for name in self.plan.methods}
@@ -298,6 +339,7 @@ class Study:
         return [("model", self.prepare_model), ("data", self.build_data),
                 *[(m, lambda m=m: self.train(m)) for m in self.plan.methods], *rl,
                 *[(f"eval-{n}", lambda n=n: self.evaluate(n)) for n in ("oracle", "zero-shot", *self.plan.trained)],
+                *[(f"pass-at-k-{n}", lambda n=n: self.pass_at_k(n)) for n in (("sft", "rl") if self.plan.rl_seconds else ())],
                 ("publish", self.publish)]
 
     def run(self) -> None:
@@ -364,7 +406,8 @@ def load_or_make_plan(out: Path, args: argparse.Namespace) -> Plan:
     path = out / "plan.json"
     asked = make_plan(args.train_minutes * 60, args.backend or default_backend(), args.seed, args.n_eval,
                       args.n_eval_placeholder, tuple(args.train_domains), args.rl_minutes * 60,
-                      str(args.rl_config.resolve()) if args.rl_config else None, tuple(args.methods))
+                      str(args.rl_config.resolve()) if args.rl_config else None, tuple(args.methods),
+                      args.pass_at_k_instances)
     # A plan whose study never finished a stage binds nothing yet: a corrected command replaces it.
     if path.is_file() and any((out / "stages").glob("*.json")):
         stored = json.loads(path.read_text())
@@ -405,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rl-config", type=Path, default=None,
                         help="a YAML config for the rl stage (python -m trainers.rl --config: TRL's keys, e.g. "
                              "num_generations, pass_at_k_instances_per_domain); the study's budget flags win")
+    parser.add_argument("--pass-at-k-instances", type=int, default=10,
+                        help="with --rl-minutes: validation instances per domain on which pass@1/4/8 of the SFT "
+                             "checkpoint (RL's start) and of RL's end are measured (default 10; 8 answers each)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="methods trained from the base model (default: both); sft is required, e.g. "
                              "--methods sft --rl-minutes 30 for RL against SFT continued alone")

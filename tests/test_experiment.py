@@ -32,10 +32,10 @@ def test_a_plan_trains_for_the_time_asked_and_evaluates_on_top(minutes):
 def _study_command(model: Path, out: Path) -> list[str]:
     # RL's own settings, small for a test, from a YAML config as TRL reads it.
     rl_config = out.parent / "rl.yaml"
-    rl_config.write_text("pass_at_k_instances_per_domain: 1\nmax_completion_length: 24\n")
+    rl_config.write_text("max_completion_length: 24\n")
     return [sys.executable, "-m", "study.experiment", "--model", str(model), "--out", str(out),
             "--backend", "hf", "--n-eval", "1", "--n-eval-placeholder", "1", "--train-minutes", "0.2",
-            "--rl-minutes", "0.2", "--rl-config", str(rl_config), "--",
+            "--rl-minutes", "0.2", "--rl-config", str(rl_config), "--pass-at-k-instances", "1", "--",
             "--gradient_accumulation_steps", "1", "--save_steps", "1", "--max_length", "3000",
             "--curve_instances_per_domain", "1"]
 
@@ -58,7 +58,7 @@ def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, tmp_
     second = subprocess.run(_study_command(tiny_llama_dir, out), cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-4000:]
-    assert "stage 2/13 data: done before, skipped" in second.stderr
+    assert "stage 2/15 data: done before, skipped" in second.stderr
     assert json.loads((out / "stages" / "data.json").read_text()) == data_marker
 
     from trainers.card import read_model_card
@@ -77,6 +77,13 @@ def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, tmp_
     assert rl["compute"]["stopped_by_time"] and continued["compute"]["budget_flops"] == rl["compute"]["flops"]
     assert continued["compute"]["flops"] >= rl["compute"]["flops"]
     assert rl["training_args"]["max_completion_length"] == 24   # the --rl-config YAML reached the RL stage
+    # pass@k before and after RL: the study's lm-eval stages (8 samples per validation instance), not the trainer's.
+    assert not rl["pass_at_k"]
+    for name in ("sft", "rl"):
+        marker = json.loads((out / "stages" / f"pass-at-k-{name}.json").read_text())
+        group = marker["pass_at_k"]["absencebench_pass_at_k"]
+        assert set(group) == {"pass_at_1", "pass_at_4", "pass_at_8"} and 0 <= group["pass_at_1"] <= group["pass_at_8"] <= 100
+    assert "pass@k of rl (validation, 1 per domain, 8 samples): pass@1" in second.stderr
 
     board = json.loads((out / "leaderboard.json").read_text())
     methods = {row["method"] for row in board["rows"]}
@@ -98,7 +105,7 @@ def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, tmp_
     # A finished study run again does nothing but say so.
     third = subprocess.run(_study_command(tiny_llama_dir, out), cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=120)
-    assert third.returncode == 0 and third.stderr.count("done before, skipped") == 13
+    assert third.returncode == 0 and third.stderr.count("done before, skipped") == 15
 
 
 def test_bad_model_path_is_one_line_and_writes_nothing(tmp_path):
@@ -125,7 +132,7 @@ def test_a_plan_binds_only_once_its_study_has_finished_a_stage(tmp_path):
     def args(minutes: float) -> argparse.Namespace:
         return argparse.Namespace(train_minutes=minutes, backend="hf", seed=0, n_eval=100, n_eval_placeholder=30,
                                   train_domains=["numerical"], rl_minutes=0, rl_config=None,
-                                  methods=["sft", "contrastive"])
+                                  methods=["sft", "contrastive"], pass_at_k_instances=10)
 
     assert load_or_make_plan(tmp_path, args(15)).train_seconds == 900
     # Nothing ran yet: a corrected command replaces the plan.
@@ -151,3 +158,18 @@ def test_methods_choose_the_arms_trained_from_the_base_model(tmp_path):
     assert make_plan(600, "hf", 0, methods=("contrastive", "sft")).methods == ("sft", "contrastive")
     with pytest.raises(StudyError, match="must include sft"):
         make_plan(600, "hf", 0, methods=("contrastive",))
+
+
+def test_vllm_evaluates_in_the_precision_sft_measured_faster(tmp_path):
+    import shutil
+
+    from study.experiment import Study
+
+    sft = tmp_path / "models" / "sft"
+    shutil.copytree(ROOT / "results" / "study-30m" / "models" / "sft", sft)  # a real record: bf16 chosen
+    study = Study(tmp_path, make_plan(600, "vllm", 0), None, [])
+    assert study.eval_dtype() == "bfloat16"
+    record = json.loads((sft / "training_record.json").read_text())
+    record["precision"]["chosen"] = "fp32"  # as on an AVX2-only machine, where bf16 autocast measures slower
+    (sft / "training_record.json").write_text(json.dumps(record))
+    assert study.eval_dtype() == "float32"

@@ -36,13 +36,14 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_holds_the_package_data_and_no_results(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in ("task_configs/_absence_default.yaml", "task_configs/absencebench.yaml", "task_configs/utils.py",
+    for name in ("task_configs/_absence_default.yaml", "task_configs/_absence_pass_at_k.yaml",
+                 "task_configs/absencebench.yaml", "task_configs/utils.py",
                  "absence_tasks/prompts/_base.jinja", "absence_tasks/sources/data/prs/NOTICE",
                  "absence_tasks/sources/data/prs/trl.jsonl.gz", "absence_tasks/sources/data/prs/licenses/spf13__cobra.txt",
                  "leaderboard/schema.json", "leaderboard/templates/page.html.jinja",
                  "leaderboard/templates/leaderboard.md.jinja"):
         assert name in names, name
-    assert sum(n.startswith("task_configs/absence") and n.endswith(".yaml") for n in names) == 12
+    assert sum(n.startswith("task_configs/absence") and n.endswith(".yaml") for n in names) == 16
     assert sum(n.endswith(".jsonl.gz") for n in names) == 5
     assert not [n for n in names if n.startswith("results/") or "/results/" in n]
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]

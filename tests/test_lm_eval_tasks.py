@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from absence_tasks.generate import generate_instances
-from absence_tasks.lm_eval_tasks import BYTES, generation_budget, micro_f1_aggregation, token_counter
+from absence_tasks.lm_eval_tasks import (BYTES, generation_budget, instance_from_doc, micro_f1_aggregation,
+                                         token_counter)
 from absence_tasks.loading import load_instances_for_task
 from absence_tasks.schema import DataError, Instance, write_jsonl
-from absence_tasks.scoring import oracle_answer
+from absence_tasks.scoring import oracle_answer, pass_at_ks, score_response
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = str(ROOT / "task_configs")
@@ -254,3 +255,29 @@ def test_prompts_longer_than_the_context_are_counted_recorded_and_skippable(tmp_
                 "--output_path", str(tmp_path / "s")], env, tmp_path)
     assert results_of(tmp_path / "s", "configs")["absence_github_prs"]["metadata"]["skipped_over_context"] == 2
     assert results_of(tmp_path / "s", "n-samples")["absence_github_prs"]["effective"] == 3
+
+
+def test_pass_at_k_tasks_sample_eight_answers_on_the_validation_split(tmp_path, env, tiny_llama_dir):
+    out = tmp_path / "oracle"
+    run(["absence-lm-eval", "--tasks", "absencebench_pass_at_k", "--model", "absence-oracle",
+         "--metadata", json.dumps({"n": 3}), "--output_path", str(out), "--log_samples"], env, tmp_path)
+    results = results_of(out)
+    for key in ("pass_at_1", "pass_at_4", "pass_at_8"):
+        assert results["absencebench_pass_at_k"][f"{key},all_samples"] == 1.0  # the oracle always passes
+    sample = samples_of(out, "absence_poetry_pass_at_k")[0]
+    assert sample["doc"]["split"] == "validation" and len(sample["filtered_resps"][0]) == 8
+
+    # A model sampling at temperature 1: eight different answers per instance, the estimator's values.
+    out = tmp_path / "hf"
+    run(["absence-lm-eval", "--tasks", "absence_numerical_pass_at_k", "--model", "hf", "--model_args",
+         f"pretrained={tiny_llama_dir},dtype=float32",
+         "--metadata", json.dumps({"n": 2}), "--output_path", str(out), "--log_samples",
+         "--seed", "0"], env, tmp_path)
+    results = results_of(out)["absence_numerical_pass_at_k"]
+    assert 0.0 <= results["pass_at_1,all_samples"] <= results["pass_at_4,all_samples"] <= results[
+        "pass_at_8,all_samples"] <= 1.0
+    for sample in samples_of(out, "absence_numerical_pass_at_k"):
+        (answers,) = sample["filtered_resps"]
+        assert len(answers) == 8 and len(set(answers)) > 1
+        instance = instance_from_doc(sample["doc"])
+        assert sample["pass_at_4"] == pass_at_ks([score_response(instance, a).f1 for a in answers])[4]

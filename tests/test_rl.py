@@ -2,7 +2,6 @@
 the pass@k estimator, and on the tiny random Llama (real SmolLM2 tokenizer and chat template) the advantages
 the GRPOTrainer trains on, one real GRPO step, kill -9 and resume, and one-line errors."""
 
-import itertools
 import json
 import math
 import os
@@ -22,7 +21,7 @@ from trainers.card import read_model_card
 from trainers.config import RLConfig, RLScriptArguments
 from trainers.data import load_training_instances
 from trainers.rewards import (answer_reward, group_advantages, grpo_advantages, instance_column, line_f1_reward,
-                              nsr_advantages, pass_at_k, w_reinforce_advantages)
+                              nsr_advantages, w_reinforce_advantages)
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -124,18 +123,6 @@ def test_advantages_refuse_an_unknown_mode_and_broken_groups():
 
 
 # ---- pass@k ---------------------------------------------------------------------------------------------
-
-def test_pass_at_k_is_the_chance_that_k_of_the_n_samples_hold_a_pass():
-    for n in range(1, 7):
-        for c in range(n + 1):
-            outcomes = [True] * c + [False] * (n - c)
-            for k in range(1, n + 1):
-                subsets = list(itertools.combinations(outcomes, k))
-                assert pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
-    assert pass_at_k(8, 1, 1) == pytest.approx(1 / 8) and pass_at_k(8, 1, 8) == 1.0
-    with pytest.raises(ValueError):
-        pass_at_k(4, 1, 5)
-
 
 def test_pass_at_k_evaluation_is_seeded_and_leaves_the_training_generator_alone(tiny_llama_dir):
     model = run.load_model(tiny_llama_dir)

@@ -1,10 +1,12 @@
 """Exact line scoring: parsing, tp/fp/fn, aggregates, and where it departs from upstream's substring test."""
 
+import itertools
+
 import pytest
 
 from absence_tasks.schema import Instance
-from absence_tasks.scoring import (micro_f1, mean_f1, normalize_line, oracle_answer, parse_response,
-                                   score_lines, score_response, summarize, upstream_substring_score)
+from absence_tasks.scoring import (micro_f1, mean_f1, normalize_line, oracle_answer, parse_response, pass_at_k,
+                                   pass_at_ks, score_lines, score_response, summarize, upstream_substring_score)
 
 
 def poem(lines, omitted, variant="omission"):
@@ -171,3 +173,18 @@ def test_oracle_answers_a_gold_line_that_has_a_kept_copy():
                          [x for i, x in enumerate(TWICE.original_lines) if i not in (5, 7, 8)], [7],
                          metadata={"dropped_context_indices": [5, 8]})
     assert oracle_answer(both_gone) == "-    return 1"
+
+
+def test_pass_at_k_is_the_chance_that_k_of_the_n_samples_hold_a_pass():
+    for n in range(1, 7):
+        for c in range(n + 1):
+            outcomes = [True] * c + [False] * (n - c)
+            for k in range(1, n + 1):
+                subsets = list(itertools.combinations(outcomes, k))
+                assert pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+    assert pass_at_k(8, 1, 1) == pytest.approx(1 / 8) and pass_at_k(8, 1, 8) == 1.0
+    with pytest.raises(ValueError):
+        pass_at_k(4, 1, 5)
+    # From the F1s of one instance's samples: a pass is an F1 at or above the threshold; k only up to n.
+    assert pass_at_ks([1.0, 0.5, 0.0, 0.0], threshold=1.0) == {1: 0.25, 4: 1.0}
+    assert pass_at_ks([0.5] * 8, threshold=0.5)[1] == 1.0 and pass_at_ks([0.4] * 8, threshold=0.5)[8] == 0.0

@@ -25,6 +25,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
@@ -132,7 +133,7 @@ def evaluate_f1(model, tokenizer, instances: Sequence[Instance], chat: bool, bf1
     by_domain: dict[str, list[float]] = {}
     decoded = 0
     with evaluating(model, bf16):
-        for instance in instances:
+        for instance in tqdm(instances, desc="learning curve (greedy F1)", leave=False):
             answer, n_tokens = greedy_answer(model, tokenizer, instance, chat, counter, scratchpad)
             decoded += n_tokens
             by_domain.setdefault(instance.domain, []).append(score_response(instance, answer).f1)

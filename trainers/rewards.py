@@ -1,5 +1,6 @@
 """The reinforcement trainer's pure pieces (no model, no trainer): the reward — the task's own line F1 of a
-sampled answer —, the per-sample advantages of its three modes, and the unbiased pass@k estimator.
+sampled answer —, the per-sample advantages of its three modes. (pass@k, the measure RL is judged by, is a metric:
+`absence_tasks.scoring.pass_at_k`.)
 
 Reward. `line_f1_reward` has TRL's reward-function signature (the completions, plus every dataset column as
 a keyword list): each sampled answer is cut at the tasks' stop sequence, as lm-eval's `until` cuts it, and
@@ -17,16 +18,11 @@ Advantages, per sample, from the rewards of its group (the `num_generations` ans
   baseline: a sample's advantage does not depend on the rest of its group.
 * w_reinforce, the paper's Weighted-REINFORCE: lambda * PSR + NSR, i.e. +lambda for a correct sample and -1
   for a wrong one (lambda = `positive_weight`, 0.1 by default: the paper's value).
-
-pass@k (Chen et al. 2021, "Evaluating Large Language Models Trained on Code"): with n samples of which c
-pass, 1 - C(n - c, k) / C(n, k) — the chance that k of the n, drawn without replacement, hold a pass: an
-unbiased estimate of the model's pass@k, defined for k <= n.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,7 +35,6 @@ from trainers.learning_curve import UNTIL
 RL_MODES = ("grpo", "nsr", "w_reinforce")
 # TRL's epsilon in the group normalisation (GRPOTrainer: advantages / (std_rewards + 1e-4)).
 GRPO_EPSILON = 1e-4
-PASS_AT_K = (1, 4, 8)
 
 
 # ---- reward ---------------------------------------------------------------------------------------
@@ -102,14 +97,3 @@ def group_advantages(rewards: torch.Tensor, group_size: int, mode: str, threshol
     if mode == "nsr":
         return nsr_advantages(rewards, threshold)
     return w_reinforce_advantages(rewards, threshold, positive_weight)
-
-
-# ---- pass@k ----------------------------------------------------------------------------------------------
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """The unbiased pass@k estimate from `n` samples of which `c` pass (1 <= k <= n)."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)

@@ -51,12 +51,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from absence_tasks.schema import Instance
 from trainers.config import RLConfig, RLScriptArguments
 from trainers.data import prompt_completion
 from trainers.learning_curve import ScheduledEvaluation, answers, evaluating, validation_instances
-from trainers.rewards import PASS_AT_K, answer_reward, group_advantages, instance_column, line_f1_reward, pass_at_k
+from absence_tasks.scoring import PASS_AT_K, pass_at_ks
+from trainers.rewards import answer_reward, group_advantages, instance_column, line_f1_reward
 from trainers.run import RecipeMixin, main_for
 
 def _import_grpo_trainer():
@@ -99,14 +101,13 @@ def evaluate_pass_at_k(model, tokenizer, instances: Sequence[Instance], chat: bo
     decoded = 0
     device = next(model.parameters()).device
     with evaluating(model, bf16):
-        for index, instance in enumerate(instances):
+        for index, instance in enumerate(tqdm(instances, desc=f"pass@k ({n} samples)", leave=False)):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed + index)
                 sampled, tokens = answers(model, tokenizer, instance, chat, counter, n=n, sample=True)
             decoded += tokens
             scores = [answer_reward(instance, answer) for answer in sampled]
-            correct = sum(score >= threshold for score in scores)
-            passes[instance.domain].append([pass_at_k(n, correct, k) for k in ks])
+            passes[instance.domain].append(list(pass_at_ks(scores, threshold, ks).values()))
             f1s[instance.domain].append(sum(scores) / n)
     by_domain = {domain: {f"pass@{k}": 100 * sum(column) / len(column) for k, column in zip(ks, zip(*rows))}
                  for domain, rows in passes.items()}
