@@ -117,8 +117,10 @@ def make_plan(train_seconds: float, backend: str, seed: int, n_eval: int = 100, 
     if not MIN_TRAIN_SECONDS <= train_seconds <= MAX_TRAIN_SECONDS:
         raise StudyError(f"--train-minutes {train_seconds / 60:g} is outside the bounds ({MIN_TRAIN_SECONDS} s to "
                          f"{MAX_TRAIN_SECONDS // 3600} h of training)")
-    if n_eval < 1 or n_eval_placeholder < 0 or pass_at_k_instances_per_domain < 1:
-        raise StudyError("--n-eval and --pass-at-k-instances must be >= 1 and --n-eval-placeholder >= 0")
+    if n_eval < 1 or n_eval_placeholder < 0:
+        raise StudyError("--n-eval must be >= 1 and --n-eval-placeholder >= 0")
+    if pass_at_k_instances_per_domain < 1:
+        raise StudyError("--pass-at-k-instances must be >= 1")
     if rl_seconds and not MIN_TRAIN_SECONDS <= rl_seconds <= MAX_TRAIN_SECONDS:
         raise StudyError(f"--rl-minutes {rl_seconds / 60:g} is outside the bounds (0, or {MIN_TRAIN_SECONDS} s to "
                          f"{MAX_TRAIN_SECONDS // 3600} h)")

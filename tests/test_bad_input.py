@@ -238,6 +238,8 @@ CASES: dict[str, Case] = {
                                                                   "99999"], "--train-minutes 99999 is outside"),
     "experiment --n-eval 0": lambda t: ("experiment", ["--out", str(t / "s3"), "--n-eval", "0"],
                                         "--n-eval must be >= 1"),
+    "experiment --pass-at-k-instances 0": lambda t: ("experiment", ["--out", str(t / "s3"), "--pass-at-k-instances",
+                                                                    "0"], "--pass-at-k-instances must be >= 1"),
     "generate --n-omitted 1000": lambda t: ("absence-bench", [*generate(t / "n.jsonl"), "--n-omitted", "1000"],
                                             "n_omitted must lie in 1..79"),
     # already handled before: a representative set

@@ -91,7 +91,7 @@ def test_mine_prs_from_a_git_repository(tmp_path):
 def test_task_path_prints_the_installed_task_folder(tmp_path):
     folder = Path(cli("task-path", cwd=tmp_path).stdout.strip())
     assert (folder / "_absence_default.yaml").is_file() and (folder / "utils.py").is_file()
-    assert len(list(folder.glob("absence*.yaml"))) == 12
+    assert len(list(folder.glob("absence*.yaml"))) == 16
 
 
 @pytest.mark.parametrize("content, fragments", [
