@@ -246,7 +246,7 @@ class Study:
         if method == "rl":
             config = ["--config", self.plan.rl_config] if self.plan.rl_config else []
             # pass@k before and after is the study's own stage (lm-eval, vLLM when installed): far faster than
-            # the trainer's HF sampling, which took 35 minutes for 30 instances x 8 answers on 2 cores.
+            # the trainer's HF sampling, which took 33 minutes for 30 instances x 8 answers on 2 AVX2-only cores.
             return args + config + ["--max_train_seconds", str(self.plan.rl_seconds),
                                     "--pass_at_k_instances_per_domain", "0"]
         return args + ["--compute_budget_flops", str(training_record(self.out / "models" / "sft")["compute"]["flops"])]
@@ -327,7 +327,7 @@ class Study:
             for name in ("sft", "rl"):  # the stages' own record, in the log beside the comparison
                 group = json.loads(self.marker(f"pass-at-k-{name}").read_text())["pass_at_k"]["absencebench_pass_at_k"]
                 self.log(f"pass@k of {name} (validation, {self.plan.pass_at_k_instances_per_domain} per domain, "
-                         f"8 samples): " + ", ".join(f"{k.replace('pass_at_', 'pass@')} {v:.1f}" for k, v in group.items()))
+                         f"{PASS_AT_K_SAMPLES} samples): " + ", ".join(f"{k.replace('pass_at_', 'pass@')} {v:.1f}" for k, v in group.items()))
         self.command(lb + ["render", str(board), "--out", str(self.out / "page"), "--screenshot"])
         curves = {name: training_record(self.out / "models" / name).get("learning_curve") or []
                   for name in self.plan.methods}
