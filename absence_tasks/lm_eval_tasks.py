@@ -30,7 +30,7 @@ from absence_tasks.loading import load_instances_for_task
 from absence_tasks.prompts import render_answer, render_prompt, render_scratchpad, template_name
 from absence_tasks.schema import (BUDGET_COLUMN, PLACEHOLDER, PROMPT_TOKENS, TASK_ROW_COLUMNS, DataError, Instance,
                                   from_hf_dataset, to_hf_dataset)
-from absence_tasks.scoring import micro_f1, pass_at_ks, score_response
+from absence_tasks.scoring import PASS50_F1, micro_f1, pass_at_ks, score_response
 
 MIN_GEN_TOKS, MAX_GEN_TOKS, GEN_TOKS_STEP = 64, 4096, 64
 # Per answer line beyond its own tokens: the newline, a bullet or number, a spare token where the line's
@@ -179,12 +179,16 @@ def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
 
 
 def process_results_pass_at_k(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
-    """Per-instance pass@k (k = 1, 4, 8) of the task's repeated sampled answers, a pass being F1 1.0, and
-    the samples' mean F1. `results` holds one item, the list the `take_first_k` filter kept."""
+    """Per-instance pass@k (k = 1, 4, 8) of the task's repeated sampled answers, a pass being F1 1.0,
+    pass50@k (a pass being F1 >= 0.5) and the samples' mean F1. `results` holds one item, the list the `take_first_k` filter kept."""
     (answers,) = results
     instance = instance_from_doc(doc)
     f1s = [score_response(instance, answer).f1 for answer in answers]
-    return {**{f"pass_at_{k}": value for k, value in pass_at_ks(f1s).items()}, "sampled_f1": sum(f1s) / len(f1s)}
+    return {
+        **{f"pass_at_{k}": value for k, value in pass_at_ks(f1s).items()},
+        **{f"pass50_at_{k}": value for k, value in pass_at_ks(f1s, PASS50_F1).items()},
+        "sampled_f1": sum(f1s) / len(f1s),
+    }
 
 
 def micro_f1_aggregation(items: list[dict[str, Any]]) -> float:

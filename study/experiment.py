@@ -327,7 +327,7 @@ class Study:
             for name in ("sft", "rl"):  # the stages' own record, in the log beside the comparison
                 group = json.loads(self.marker(f"pass-at-k-{name}").read_text())["pass_at_k"]["absencebench_pass_at_k"]
                 self.log(f"pass@k of {name} (validation, {self.plan.pass_at_k_instances_per_domain} per domain, "
-                         f"{PASS_AT_K_SAMPLES} samples): " + ", ".join(f"{k.replace('pass_at_', 'pass@')} {v:.1f}" for k, v in group.items()))
+                         f"{PASS_AT_K_SAMPLES} samples): " + ", ".join(f"{k.replace('_at_', '@')} {v:.1f}" for k, v in group.items()))
         self.command(lb + ["render", str(board), "--out", str(self.out / "page"), "--screenshot"])
         curves = {name: training_record(self.out / "models" / name).get("learning_curve") or []
                   for name in self.plan.methods}

@@ -15,7 +15,7 @@ from absence_tasks.lm_eval_tasks import (BYTES, generation_budget, instance_from
                                          token_counter)
 from absence_tasks.loading import load_instances_for_task
 from absence_tasks.schema import DataError, Instance, write_jsonl
-from absence_tasks.scoring import oracle_answer, pass_at_ks, score_response
+from absence_tasks.scoring import PASS50_F1, oracle_answer, pass_at_ks, score_response
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = str(ROOT / "task_configs")
@@ -262,7 +262,7 @@ def test_pass_at_k_tasks_sample_eight_answers_on_the_validation_split(tmp_path, 
     run(["absence-lm-eval", "--tasks", "absencebench_pass_at_k", "--model", "absence-oracle",
          "--metadata", json.dumps({"n": 3}), "--output_path", str(out), "--log_samples"], env, tmp_path)
     results = results_of(out)
-    for key in ("pass_at_1", "pass_at_4", "pass_at_8"):
+    for key in ("pass_at_1", "pass_at_4", "pass_at_8", "pass50_at_1", "pass50_at_4", "pass50_at_8"):
         assert results["absencebench_pass_at_k"][f"{key},all_samples"] == 1.0  # the oracle always passes
     sample = samples_of(out, "absence_poetry_pass_at_k")[0]
     assert sample["doc"]["split"] == "validation" and len(sample["filtered_resps"][0]) == 8
@@ -280,4 +280,6 @@ def test_pass_at_k_tasks_sample_eight_answers_on_the_validation_split(tmp_path, 
         (answers,) = sample["filtered_resps"]
         assert len(answers) == 8 and len(set(answers)) > 1
         instance = instance_from_doc(sample["doc"])
-        assert sample["pass_at_4"] == pass_at_ks([score_response(instance, a).f1 for a in answers])[4]
+        f1s = [score_response(instance, a).f1 for a in answers]
+        assert sample["pass_at_4"] == pass_at_ks(f1s)[4]
+        assert sample["pass50_at_4"] == pass_at_ks(f1s, PASS50_F1)[4] >= sample["pass_at_4"]
