@@ -180,7 +180,8 @@ def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
 
 def process_results_pass_at_k(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
     """Per-instance pass@k (k = 1, 4, 8) of the task's repeated sampled answers, a pass being F1 1.0,
-    pass50@k (a pass being F1 >= 0.5) and the samples' mean F1. `results` holds one item, the list the `take_first_k` filter kept."""
+    pass50@k (a pass being F1 >= 0.5) and the samples' mean F1. `results` holds one item, the list the
+    `take_first_k` filter kept."""
     (answers,) = results
     instance = instance_from_doc(doc)
     f1s = [score_response(instance, answer).f1 for answer in answers]
