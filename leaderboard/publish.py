@@ -251,7 +251,25 @@ def training_budget(path: Path, record: dict[str, Any]) -> dict[str, Any]:
         budget["optimizer_steps"] = record["global_step"]
     if isinstance(compute.get("instances_trained"), int):  # cards from before it was counted have none
         budget["instances"] = compute["instances_trained"]
+    if (start := starting_checkpoint(record)) is not None:
+        budget["started_from"] = start
     return budget
+
+
+def starting_checkpoint(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint a run started from, when it was itself trained here (its folder holds a training
+    record: RL or SFT continued from an SFT checkpoint), with its own budget; None for a base model, or when
+    that folder is not on this machine. A row's counts are its own run's, so without this an SFT continued
+    for 220 steps from a 364-step checkpoint would read as 220 steps from the base model."""
+    start = (record.get("model_args") or {}).get("model_name_or_path")
+    if not isinstance(start, str) or not Path(start).is_dir():
+        return None
+    found = training_record(Path(start))
+    if found is None:
+        return None
+    path, start_record = found
+    return {"model": display_path(Path(start)), "method": start_record.get("method"),
+            "training": training_budget(path, start_record)}
 
 
 def display_path(path: Path) -> str:

@@ -98,6 +98,10 @@ def format_training(training: dict[str, Any] | None) -> str:
         text = f"{training['optimizer_steps']:,} steps, " + text
     if training["wall_seconds"] is not None:
         text += f", {training['wall_seconds'] / 60:.1f} min"
+    if (start := training.get("started_from")) is not None:
+        before = start["training"]
+        steps = f"{before['optimizer_steps']:,}-step " if "optimizer_steps" in before else ""
+        text += f"; from a {steps}{start['method'] or 'trained'} checkpoint"
     return text
 
 
@@ -138,14 +142,16 @@ def comparison_label(comparison: dict[str, Any], side: str) -> str:
 def efficiency_series(doc: dict[str, Any]) -> dict[str, dict[str, list[tuple[int, dict[str, Any]]]]]:
     """suite id -> method -> [(training instances, row)] by instances, for each suite on which a trained
     method has rows at two or more numbers of training instances (older rows without the count are left
-    out). The suite's zero-shot row, when it has exactly one, is every series' point at 0."""
+    out, and so are runs started from a trained checkpoint: their counts are not from the base model). The
+    suite's zero-shot row, when it has exactly one, is every series' point at 0."""
     series: dict[str, dict[str, list[tuple[int, dict[str, Any]]]]] = {}
     for suite in dict.fromkeys(row["suite"]["id"] for row in measured_rows(doc)):
         rows = [row for row in measured_rows(doc) if row["suite"]["id"] == suite]
         by_method = {}
         for method in TRAINED_METHODS:
             points = sorted(((row["training"]["instances"], row) for row in rows if row["method"] == method
-                             and row["training"] is not None and "instances" in row["training"]),
+                             and row["training"] is not None and "instances" in row["training"]
+                             and "started_from" not in row["training"]),
                             key=lambda point: point[0])
             if len({n for n, _ in points}) >= 2:
                 by_method[method] = points

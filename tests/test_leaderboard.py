@@ -209,7 +209,7 @@ def test_publish_scores_the_oracle_one_and_the_empty_model_zero(lm_eval_runs, tm
     assert oracle["lm_eval_version"] == "0.4.13"
     assert oracle["source"] == str(results_file(lm_eval_runs["absence-oracle"]))
     assert (oracle["training"], oracle["checkpoint_sha256"]) == (None, None)
-    assert "valid (schema 1.5, 2 rows" in cli("validate", board, cwd=tmp_path).stdout
+    assert "valid (schema 1.6, 2 rows" in cli("validate", board, cwd=tmp_path).stdout
 
 
 def test_a_family_of_comparisons_gets_holm_adjusted_p_values_built_up_run_by_run(lm_eval_runs, tmp_path):
@@ -313,6 +313,33 @@ def test_training_budget_method_and_weight_hash_come_from_the_checkpoint(lm_eval
     assert checkpoint_sha256(checkpoint) != first_hash
 
 
+def test_a_run_from_a_trained_checkpoint_names_it_and_its_budget(lm_eval_runs, tmp_path):
+    def model(name: str, record: dict) -> Path:
+        folder = tmp_path / "models" / name
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(name.encode())
+        (folder / "training_record.json").write_text(json.dumps(record))
+        return folder
+
+    base = tmp_path / "models" / "base"
+    base.mkdir(parents=True)  # the base model: no training record
+    sft = model("sft", {"method": "sft", "global_step": 364, "model_args": {"model_name_or_path": str(base)},
+                        "compute": {"instances_trained": 364, "tokens_trained": 309268, "flops": 2.5e14,
+                                    "train_seconds": 1806.6}})
+    continued = model("sft-continued", {
+        "method": "sft", "global_step": 220, "model_args": {"model_name_or_path": str(sft)},
+        "compute": {"instances_trained": 220, "tokens_trained": 181601, "flops": 1.47e14, "train_seconds": 905.8}})
+    board = tmp_path / "leaderboard.json"
+    (row,) = publish([lm_eval_runs["absence-oracle"]], board, checkpoint=continued)
+    assert row["training"] == {
+        "optimizer_steps": 220, "instances": 220, "tokens": 181601, "flops": 1.47e14, "wall_seconds": 905.8,
+        "started_from": {"model": str(sft.resolve()), "method": "sft", "training": {
+            "optimizer_steps": 364, "instances": 364, "tokens": 309268, "flops": 2.5e14, "wall_seconds": 1806.6}}}
+    assert load(board)["rows"][0]["training"] == row["training"]  # valid under the schema, as saved
+    (row,) = publish([lm_eval_runs["absence-oracle"]], tmp_path / "other.json", checkpoint=sft)
+    assert "started_from" not in row["training"]  # started from a model without a training record
+
+
 def test_the_training_record_sidecar_is_read_without_torch_or_the_trainers(lm_eval_runs, tmp_path):
     checkpoint = tmp_path / "my-contrastive-model"
     checkpoint.mkdir()
@@ -410,7 +437,7 @@ def test_the_json_schema_accepts_exactly_the_methods_the_code_names():
      "rows[0].tasks.absence_poetry.f1.value", "1.5 is greater than the maximum of 1"),
     (lambda d: d["rows"][0].update(method="magic"), "rows[0].method", "'magic' is not one of"),
     (lambda d: d["rows"][0].pop("suite"), "rows[0]", "'suite' is a required property"),
-    (lambda d: d.update(schema_version="2.0"), "schema_version", "'2.0' is not one of ['1.0', '1.1', '1.2', '1.3', '1.4', '1.5']"),
+    (lambda d: d.update(schema_version="2.0"), "schema_version", "'2.0' is not one of ['1.0', '1.1', '1.2', '1.3', '1.4', '1.5', '1.6']"),
     (lambda d: d["rows"][0].update(method="reported", backend=None), "rows[0].per_instance", "not allowed here"),
     (lambda d: d["rows"].append(dict(d["rows"][0])), "rows[1]", "a second row for m@zero-shot@s1"),
     (lambda d: d.update(comparisons=[{
@@ -435,7 +462,7 @@ def test_a_version_1_0_file_is_read_and_written_back_at_the_current_version(tmp_
     old["schema_version"] = "1.0"  # 1.0 had no training.instances; its rows are valid 1.1 rows
     board.write_text(json.dumps(old))
     save(board, load(board))
-    assert json.loads(board.read_text())["schema_version"] == "1.5"
+    assert json.loads(board.read_text())["schema_version"] == "1.6"
 
 
 def test_an_invalid_document_is_never_written_and_validate_reports_it(tmp_path):

@@ -118,6 +118,12 @@ def test_a_data_efficiency_series_gets_its_table_and_curve(board, tmp_path):
         for method in ("sft", "contrastive"):
             doc["rows"].append(_row(f"base-{method}-n{instances}", method, scores, average, training={
                 "instances": instances, "tokens": 1000 * instances, "flops": 1e12 * instances, "wall_seconds": 60.0}))
+    # SFT continued from a trained checkpoint: its 16 instances are on top of that checkpoint's, not from the
+    # base model, so it is no point of the series.
+    doc["rows"].append(_row("base-sft-continued", "sft", scores, (0.3, 0.2, 0.4), training={
+        "optimizer_steps": 16, "instances": 16, "tokens": 16000, "flops": 1.6e13, "wall_seconds": 60.0,
+        "started_from": {"model": "models/base-sft-n32", "method": "sft", "training": {
+            "optimizer_steps": 32, "instances": 32, "tokens": 32000, "flops": 3.2e13, "wall_seconds": 60.0}}}))
     save(board, doc)
     written = render(board, out)
     assert (out / "data_efficiency.png") in written
@@ -129,6 +135,8 @@ def test_a_data_efficiency_series_gets_its_table_and_curve(board, tmp_path):
         assert column_texts(driver, "data-efficiency", 1) == ["4.5 [3.4, 5.6]", "12.0 [10.0, 14.0]",
                                                               "20.0 [15.0, 25.0]"]
         assert "8 instances, 8,000 tokens" in " ".join(column_texts(driver, "measured", 8))
+        assert ("16 steps, 16 instances, 16,000 tokens, 1.6e+13 FLOPs, 1.0 min; from a 32-step sft checkpoint"
+                in column_texts(driver, "measured", 8))
         curve = driver.find_element("id", "curve")
         assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", curve) > 0
     assert "| 32 | 20.0 [15.0, 25.0] | 20.0 [15.0, 25.0] |" in (out / "leaderboard.md").read_text()
