@@ -1,9 +1,15 @@
-"""Evaluation throughput on the default 3-domain omission suite, in one process: a bare torch loop,
-lm-eval + vLLM and lm-eval + HF over the very same prompts, budgets and stops.
+"""Evaluation throughput on the default suite, in one process: a bare torch loop, lm-eval + vLLM and
+lm-eval + HF over the very same prompts, budgets and stops.
 
-    python benchmarks/eval_speed.py --n 20 [--model checkpoints/smollm2-135m-instruct]
-        [--backends bare vllm hf] [--bare-dtype bfloat16] [--vllm-dtype bfloat16] [--hf-dtype float32]
-        [--out benchmarks/results/eval_speed.json]
+    python benchmarks/eval_speed.py --n 20 [--tasks absencebench absencebench_placeholder]
+        [--model checkpoints/smollm2-135m-instruct] [--backends bare vllm hf] [--bare-dtype bfloat16]
+        [--vllm-model-args dtype=bfloat16,gpu_memory_utilization=0.35,max_model_len=8192,enforce_eager=True]
+        [--hf-dtype float32] [--out benchmarks/results/eval_speed.json]
+
+`--vllm-model-args` is lm-eval's `--model_args` string for its vLLM backend (engine levers such as
+`max_num_seqs=`, `max_num_batched_tokens=`, `enable_prefix_caching=` go there); the default is the one the
+study and the README use. vLLM's CPU engine is bound to every core, as `absence-lm-eval` binds it, unless
+`VLLM_CPU_OMP_THREADS_BIND` is set in the environment.
 
 The bare loop is the reference for what the hardware allows: the task rows lm-eval would score (same
 `--metadata`), each prompt rendered by the tokenizer's chat template as lm-eval's `--apply_chat_template`
@@ -21,14 +27,19 @@ import gc
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TASK_GROUP = "absencebench"
+sys.path.insert(0, str(ROOT))
+
+from absence_tasks.io import atomic_write_text  # noqa: E402
+# What the study and the README pass to lm-eval's vLLM backend (study/experiment.py, Study.lm_eval).
+VLLM_MODEL_ARGS = "dtype=bfloat16,gpu_memory_utilization=0.35,max_model_len=8192,enforce_eager=True"
 
 
-def task_rows(task_manager) -> dict[str, list[dict]]:
+def task_rows(tasks: list[str], task_manager) -> dict[str, list[dict]]:
     """The rows lm-eval scores, per task (each carries its `max_gen_toks`)."""
     from lm_eval.tasks import get_task_dict
 
@@ -37,7 +48,7 @@ def task_rows(task_manager) -> dict[str, list[dict]]:
             yield from leaves(value) if isinstance(value, dict) else [(key, value)]
 
     return {name if isinstance(name, str) else name.group_name: list(task.test_docs())
-            for name, task in leaves(get_task_dict([TASK_GROUP], task_manager))}
+            for name, task in leaves(get_task_dict(tasks, task_manager))}
 
 
 def bare_loop(args, task_manager) -> dict:
@@ -60,7 +71,7 @@ def bare_loop(args, task_manager) -> dict:
     loaded = time.perf_counter()
 
     requests = []  # (task, doc, prompt ids)
-    for task, docs in task_rows(task_manager).items():
+    for task, docs in task_rows(args.tasks, task_manager).items():
         for doc in docs:
             text = tokenizer.apply_chat_template([{"role": "user", "content": doc_to_text(doc)}], tokenize=False,
                                                  add_generation_prompt=True)
@@ -104,7 +115,8 @@ def bare_loop(args, task_manager) -> dict:
                 f1.append(process_results(doc, [answer])["f1"])
             bar.update(len(batch))
     done_at = time.perf_counter()
-    return {"backend": "bare", "dtype": args.bare_dtype, "load_s": loaded - start, "eval_s": done_at - loaded,
+    return {"backend": "bare", "settings": f"dtype={args.bare_dtype},batch_size={args.bare_batch_size}",
+            "load_s": loaded - start, "eval_s": done_at - loaded,
             "instances": len(requests), "instances_per_s": len(requests) / (done_at - loaded),
             "f1": sum(f1) / len(f1), "answers": answers}
 
@@ -117,34 +129,39 @@ def lm_eval_path(backend: str, args, task_manager) -> dict:
         from lm_eval.models.huggingface import HFLM
 
         lm = HFLM(pretrained=args.model, dtype=args.hf_dtype, batch_size=args.hf_batch_size, device="cpu")
+        settings = f"dtype={args.hf_dtype},batch_size={args.hf_batch_size}"
     else:
         from lm_eval.models.vllm_causallms import VLLM
+        from lm_eval.utils import simple_parse_args_string
 
-        lm = VLLM(pretrained=args.model, dtype=args.vllm_dtype, gpu_memory_utilization=0.35, max_model_len=8192,
-                  enforce_eager=True)  # a torch.compile start-up costs minutes on CPU and gains nothing here
+        from absence_tasks.lm_eval_models import use_every_core_for_vllm_cpu
+
+        use_every_core_for_vllm_cpu()
+        lm = VLLM(pretrained=args.model, **simple_parse_args_string(args.vllm_model_args))
+        settings = args.vllm_model_args
     loaded = time.perf_counter()
-    results = simple_evaluate(model=lm, tasks=[TASK_GROUP], task_manager=task_manager, apply_chat_template=True,
+    results = simple_evaluate(model=lm, tasks=args.tasks, task_manager=task_manager, apply_chat_template=True,
                               log_samples=True)
     done = time.perf_counter()
-    n_instances = sum(v["effective"] for v in results["n-samples"].values())
-    answers = {(task, s["doc"]["id"]): s["filtered_resps"][0] for task, samples in results["samples"].items()
-               for s in samples}
+    samples = [(task, s) for task, task_samples in results["samples"].items() for s in task_samples]  # leaves'
+    answers = {(task, s["doc"]["id"]): s["filtered_resps"][0] for task, s in samples}
     del lm
     gc.collect()
-    dtype = args.hf_dtype if backend == "hf" else args.vllm_dtype
-    return {"backend": backend, "dtype": dtype, "load_s": loaded - start, "eval_s": done - loaded,
-            "instances": n_instances, "instances_per_s": n_instances / (done - loaded),
-            "f1": results["results"][TASK_GROUP]["f1,none"], "answers": answers}
+    return {"backend": backend, "settings": settings, "load_s": loaded - start, "eval_s": done - loaded,
+            "instances": len(samples), "instances_per_s": len(samples) / (done - loaded),
+            "f1": sum(s["f1"] for _, s in samples) / len(samples), "answers": answers}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "checkpoints" / "smollm2-135m-instruct"))
     parser.add_argument("--n", type=int, default=20, help="instances per domain")
+    parser.add_argument("--tasks", nargs="+", default=["absencebench"],
+                        help="lm-eval task groups (the study's suite: absencebench absencebench_placeholder)")
     parser.add_argument("--backends", nargs="+", choices=("bare", "vllm", "hf"), default=["bare", "vllm", "hf"])
     parser.add_argument("--bare-dtype", default="bfloat16")
     parser.add_argument("--bare-batch-size", type=int, default=8)
-    parser.add_argument("--vllm-dtype", default="bfloat16")
+    parser.add_argument("--vllm-model-args", default=VLLM_MODEL_ARGS)
     parser.add_argument("--hf-dtype", default="float32")
     parser.add_argument("--hf-batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
@@ -161,7 +178,9 @@ def main() -> None:
     report = {"command": "python benchmarks/eval_speed.py " + " ".join(
                   f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
                   for k, v in vars(args).items() if v is not None),
-              "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+              "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                          "vllm_cpu_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND"),
+                          "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
               "rows": [{k: v for k, v in r.items() if k != "answers"} for r in rows]}
     if "bare" in by_backend:
         bare = by_backend["bare"]
@@ -171,14 +190,15 @@ def main() -> None:
                 report[f"{name}_over_bare"] = other["instances_per_s"] / bare["instances_per_s"]
                 report[f"{name}_answers_identical_to_bare"] = sum(
                     other["answers"].get(key) == answer for key, answer in bare["answers"].items())
+                report[f"{name}_f1_minus_bare"] = other["f1"] - bare["f1"]
     print(json.dumps(report, indent=2))
-    print("| path | dtype | load s | eval s | instances | instances/s | F1 |\n|---|---|---:|---:|---:|---:|---:|")
+    print("| path | settings | load s | eval s | instances | instances/s | F1 |\n|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['backend']} | {r['dtype']} | {r['load_s']:.0f} | {r['eval_s']:.0f} | {r['instances']} | "
+        print(f"| {r['backend']} | {r['settings']} | {r['load_s']:.0f} | {r['eval_s']:.0f} | {r['instances']} | "
               f"{r['instances_per_s']:.3f} | {r['f1']:.4f} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":  # vLLM starts worker processes

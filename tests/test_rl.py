@@ -246,6 +246,8 @@ def test_a_missing_model_is_one_error_line_and_exit_2(tmp_path):
     (["--num_generations", "3"], "must be divisible by num_generations (3)"),
     (["--pass_threshold", "0"], "--pass_threshold is an F1, in (0, 1]"),
     (["--positive_weight", "-1"], "--positive_weight must be >= 0"),
+    pytest.param(["--use_vllm", "true"], "does not work on vLLM's CPU backend",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="colocated vLLM is refused only on CPU")),
 ])
 def test_bad_options_are_one_error_line_and_exit_2(tiny_llama_dir, tmp_path, capsys, extra, message):
     assert rl.main([*rl_flags(tiny_llama_dir, tmp_path / "out"), *extra]) == 2

@@ -35,9 +35,11 @@ decoding step per token; a finished row's padding is not counted), counted as fo
 another forward-only pass when TRL computes old or reference log-probabilities; the policy-gradient pass
 costs 6·N per prompt + answer token (trained tokens).
 
-Generation: transformers' `generate` by default. TRL's `--use_vllm true` (`--vllm_mode colocate|server`) is
-passed through untouched, but has not been tried here: the installed vLLM (0.32, CPU) is newer than TRL
-1.16 supports (up to 0.31), and on CPU it has not been made to work.
+Generation: transformers' `generate` by default. TRL's `--use_vllm true --vllm_mode colocate` was tried on
+CPU with the installed vLLM (0.32, newer than the 0.31 TRL 1.16 supports): the engine starts, then TRL's
+first weight sync fails inside vLLM's loader (`'Parameter' object has no attribute 'weight_loader'`, also
+with `--vllm_model_impl transformers`), so it is refused on CPU with one error line; on a GPU it and
+`--vllm_mode server` pass through to TRL untouched.
 """
 
 from __future__ import annotations
