@@ -262,13 +262,11 @@ def starting_checkpoint(record: dict[str, Any]) -> dict[str, Any] | None:
     that folder is not on this machine. A row's counts are its own run's, so without this an SFT continued
     for 220 steps from a 364-step checkpoint would read as 220 steps from the base model."""
     start = (record.get("model_args") or {}).get("model_name_or_path")
-    if not isinstance(start, str) or not Path(start).is_dir():
-        return None
-    found = training_record(Path(start))
-    if found is None:
+    folder = Path(start) if isinstance(start, str) else None
+    if folder is None or not folder.is_dir() or (found := training_record(folder)) is None:
         return None
     path, start_record = found
-    return {"model": display_path(Path(start)), "method": start_record.get("method"),
+    return {"model": display_path(folder), "method": start_record.get("method"),
             "training": training_budget(path, start_record)}
 
 

@@ -364,8 +364,8 @@ class RLConfig(RecipeArguments, GRPOConfig):
         if self.pass_at_k_instances_per_domain < 0 or self.pass_at_k_samples < 1:
             raise ValueError("--pass_at_k_instances_per_domain must be >= 0 and --pass_at_k_samples >= 1")
         if self.use_vllm and self.vllm_mode == "colocate" and not torch.cuda.is_available():
-            # Tried with vLLM 0.32 (CPU) and TRL 1.16, also with --vllm_model_impl transformers: the engine starts
-            # (about 90 s), then TRL's first weight sync fails inside vLLM's loader, as in vllm-project/vllm#34201.
+            # Tried with vLLM 0.32 (CPU) and TRL 1.16, also with --vllm_model_impl transformers: the engine starts,
+            # then TRL's first weight sync fails (99 s into the run) inside vLLM's loader, as in vllm-project/vllm#34201.
             raise ValueError("--use_vllm with --vllm_mode colocate does not work on vLLM's CPU backend (its first "
                              "weight sync fails: 'Parameter' object has no attribute 'weight_loader'); leave "
                              "--use_vllm off to sample with transformers' generate")
