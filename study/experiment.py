@@ -157,6 +157,16 @@ class Study:
         self.model_label = model.name if model is not None else "smollm2-135m"
         self.started = time.time()
 
+    @staticmethod
+    def check_args(args: argparse.Namespace) -> None:
+        """The command line's errors that need no plan, found before anything is written."""
+        rl_config = getattr(args, "rl_config", None)
+        if rl_config is not None and not rl_config.is_file():
+            raise StudyError(f"{rl_config}: no such file (--rl-config)")
+        if rl_config is not None and not args.rl_minutes:
+            raise StudyError("--rl-config needs --rl-minutes")
+        check_methods(getattr(args, "methods", METHODS))
+
     def log(self, message: str) -> None:
         elapsed = time.time() - self.started
         print(f"[{self.program} {elapsed / 60:5.1f} min] {message}", file=sys.stderr, flush=True)
@@ -472,12 +482,7 @@ def launch(args: argparse.Namespace, plan_loader, study_class: type[Study]) -> i
             from absence_tasks.models import load_checkpoint_or_die
 
             load_checkpoint_or_die(args.model)
-        rl_config = getattr(args, "rl_config", None)
-        if rl_config is not None and not rl_config.is_file():
-            raise StudyError(f"{rl_config}: no such file (--rl-config)")
-        if rl_config is not None and not args.rl_minutes:
-            raise StudyError("--rl-config needs --rl-minutes")
-        check_methods(getattr(args, "methods", METHODS))
+        study_class.check_args(args)
         check_output_folder(args.out)
         args.out.mkdir(parents=True, exist_ok=True)
         plan = plan_loader(args.out, args)

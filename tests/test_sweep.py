@@ -1,0 +1,99 @@
+"""The sweep command end to end on a tiny random Llama (HF backend): two learning rates, each trained for the
+same FLOP budget on the same train split, scored with lm-eval on the validation split, published with the
+best one picked; run again it redoes nothing; a flag the trainer does not have stops it before anything is
+written."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from study.experiment import DOMAINS, StudyError
+from study.sweep import parse_settings, setting_name
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sweep_command(model: Path, out: Path, *settings: str) -> list[str]:
+    return [sys.executable, "-m", "study.sweep", "--model", str(model), "--out", str(out), "--backend", "hf",
+            "--method", "sft", *settings, "--compute-budget-flops", "1e9", "--n-val", "1", "--n-train", "2",
+            "--", "--max_length", "4096"]
+
+
+def test_settings_are_the_grid_product_then_each_setting():
+    settings = parse_settings(["learning_rate=1e-4,3e-4", "warmup_steps=0,0.1"], ["learning_rate=1e-3 seed=1"], "sft")
+    assert [setting_name(s) for s in settings] == [
+        "learning_rate-1e-4+warmup_steps-0", "learning_rate-1e-4+warmup_steps-0.1",
+        "learning_rate-3e-4+warmup_steps-0", "learning_rate-3e-4+warmup_steps-0.1", "learning_rate-1e-3+seed-1"]
+    assert parse_settings([], ["lambda_seq=0 lambda_gap=0.5"], "contrastive") == (
+        (("lambda_seq", "0"), ("lambda_gap", "0.5")),)
+
+
+@pytest.mark.parametrize("grid, setting, message", [
+    (["lambda_seq=0,1"], [], "--grid 'lambda_seq=0,1': python -m trainers.sft has no option --lambda_seq"),
+    (["output_dir=a"], [], "--grid 'output_dir=a': --output_dir is set by the sweep for every setting"),
+    ([], ["learning_rate"], "--setting 'learning_rate': expected FLAG=VALUE"),
+    ([], [], 'nothing to sweep: give --grid FLAG=V1,V2 or --setting "FLAG=V ..."'),
+    (["learning_rate=1e-4"], ["learning_rate=1e-4"], "setting 'learning_rate-1e-4' is given twice"),
+])
+def test_bad_settings_are_one_clear_error(grid, setting, message):
+    with pytest.raises(StudyError) as error:
+        parse_settings(grid, setting, "sft")
+    assert str(error.value) == message
+
+
+def test_sweep_trains_each_setting_scores_it_on_validation_and_picks_the_best(tiny_llama_dir, tmp_path):
+    out = tmp_path / "sweep"
+    command = _sweep_command(tiny_llama_dir, out, "--grid", "learning_rate=1e-4,1e-2")
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-4000:]
+
+    from trainers.card import read_model_card
+
+    names = ["learning_rate-1e-4", "learning_rate-1e-2"]
+    cards = {name: read_model_card(out / "models" / name) for name in names}
+    assert [cards[n]["training_args"]["learning_rate"] for n in names] == [1e-4, 1e-2]
+    for card in cards.values():  # the same budget and the same data for every setting
+        assert card["compute"]["budget_flops"] == 1e9 and card["compute"]["flops"] >= 1e9
+        assert card["data"]["sha256"] == cards[names[0]]["data"]["sha256"]
+    assert sorted(p.name for p in (out / "data" / "validation").iterdir()) == \
+        sorted(f"{d}_omission_validation.jsonl" for d in DOMAINS)
+
+    board = json.loads((out / "leaderboard.json").read_text())
+    rows = {row["model"]: row for row in board["rows"]}
+    assert sorted(rows) == sorted(["tiny-llama-zero-shot", *(f"tiny-llama-sft-{n}" for n in names)])
+    assert all("split validation" in row["suite"]["description"] for row in rows.values())
+
+    summary = json.loads((out / "sweep.json").read_text())
+    averages = {s["name"]: s["average"]["value"] for s in summary["settings"]}
+    assert summary["best"] == max(names, key=lambda n: (averages[n], -names.index(n)))
+    assert averages[summary["best"]] == round(100 * rows[f"tiny-llama-sft-{summary['best']}"]["average"]["value"], 2)
+    other = next(s for s in summary["settings"] if s["name"] != summary["best"])
+    assert other["minus_best"]["p_holm"] is not None and other["flags"] in ({"learning_rate": "1e-4"},
+                                                                           {"learning_rate": "1e-2"})
+    assert [c["family"] for c in board["comparisons"]] == ["sweep"]
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "page" / "index.html").is_file()
+
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.stderr.count("done before, skipped") == 8  # model, data, 2 trainings, 3 evaluations, publish
+
+    changed = subprocess.run(_sweep_command(tiny_llama_dir, out, "--grid", "learning_rate=1e-4"), cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert changed.returncode == 2
+    assert changed.stderr.strip().splitlines() == [
+        f"sweep: error: {out / 'plan.json'}: this sweep was planned otherwise (method sft, settings "
+        f"learning_rate-1e-4, learning_rate-1e-2); use another --out for a different sweep"]
+
+
+def test_a_flag_the_trainer_lacks_stops_the_sweep_before_anything_is_written(tiny_llama_dir, tmp_path):
+    out = tmp_path / "sweep"
+    result = subprocess.run(_sweep_command(tiny_llama_dir, out, "--grid", "lerning_rate=1e-4"), cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "sweep: error: --grid 'lerning_rate=1e-4': python -m trainers.sft has no option --lerning_rate"]
+    assert not (out / "plan.json").exists()
