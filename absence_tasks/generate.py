@@ -331,6 +331,18 @@ def build_instance(doc: Document, variant: str, split: str, instance_id: str, rn
     return Instance(instance_id, doc.domain, variant, split, doc.lines, modified, omitted, (), metadata)
 
 
+def placeholder_twin(instance: Instance) -> Instance:
+    """The placeholder variant of an omission instance: the same lines missing, each one marked `PLACEHOLDER`
+    where it was (context lines the generator dropped vanish in both variants) — what `build_instance` makes
+    for `placeholder` from the same seed, under the same id."""
+    if instance.variant != "omission":
+        raise DataError(f"{instance.id}: only an omission instance has a placeholder twin, not a {instance.variant} one")
+    omitted, dropped = set(instance.omitted_indices), set(instance.metadata.get("dropped_context_indices", ()))
+    modified = [PLACEHOLDER if i in omitted else line for i, line in enumerate(instance.original_lines)
+                if i not in dropped]
+    return replace(instance, variant="placeholder", modified_lines=tuple(modified))
+
+
 def generate_instances(domain: str, variant: str, n: int, split: str = "test", seed: int = 0, *,
                        config: GenerationConfig | None = None, preset: str = "cpu",
                        prs_path: str | Path | None = None, git_repo: str | Path | None = None,

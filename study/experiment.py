@@ -46,6 +46,7 @@ from typing import Any
 from absence_tasks.io import check_output_folder, run_command
 from absence_tasks.io import atomic_write_bytes
 from absence_tasks.schema import DOMAINS, atomic_write_text
+from study.plots import learning_curve_png
 
 TASK_GROUPS = ("absencebench", "absencebench_placeholder")
 EVAL_VARIANTS = ("omission", "placeholder")
@@ -128,8 +129,10 @@ def make_plan(train_seconds: float, backend: str, seed: int, n_eval: int = 100, 
     methods = tuple(m for m in METHODS if m in methods)  # the stages' order, each once
     n_train = max(20, min(5000, round(train_seconds * PLANNED_INSTANCES_PER_SECOND / len(train_domains))))
     # The learning curve costs evaluation time (≈ 7 s per validation instance on 2 cores, on top of the training
-    # budget): a short run gets a smaller validation set; a 30-minute run (≈ 400 steps) gets four points.
-    curve = 6 if train_seconds >= 20 * 60 else 3
+    # budget): a 30-minute run (≈ 400 steps) gets four points on 6 instances per domain, a shorter one fewer
+    # instances, and a run under 10 minutes none — its two points on 3 instances per domain (±25 F1 each) cost
+    # 2.3 of the main job's 23.5 minutes per method and said nothing (measured on the 3-minute main job).
+    curve = 6 if train_seconds >= 20 * 60 else 3 if train_seconds >= 10 * 60 else 0
     return Plan(round(train_seconds, 1), backend, n_eval, n_eval_placeholder, n_train, seed, tuple(train_domains),
                 curve_instances_per_domain=curve, curve_every_steps=150, rl_seconds=round(rl_seconds, 1),
                 rl_config=rl_config, methods=methods, pass_at_k_instances_per_domain=pass_at_k_instances_per_domain)
@@ -330,6 +333,8 @@ class Study:
             self.command(lb + ["publish", str(self.out / "eval" / name), "--out", str(board), "--method", method,
                                "--model-name", "difflib-oracle" if name == "oracle" else f"{self.model_label}-{name}"])
         self.command(lb + ["add-reported", "--out", str(board)])
+        # Did training teach anything: the baseline against the model it started from, on the same instances.
+        self.command(lb + ["compare", str(board), f"{self.model_label}-sft", f"{self.model_label}-zero-shot"])
         if "contrastive" in self.plan.methods:
             self.command(lb + ["compare", str(board), f"{self.model_label}-contrastive", f"{self.model_label}-sft"])
         if self.plan.rl_seconds:
@@ -360,36 +365,6 @@ class Study:
             self.stage(name, index, len(stages), run)
         total = sum(json.loads(self.marker(n).read_text())["seconds"] for n, _ in stages)
         self.log(f"study finished: {total / 60:.1f} min of stage time in all; page: {self.out / 'page' / 'index.html'}")
-
-
-def learning_curve_png(curves: dict[str, list[dict[str, Any]]]) -> bytes:
-    """Validation F1 per domain (and their average) against training minutes, one panel per method: the
-    trainers' learning curves (trainers/learning_curve.py), so a reader sees whether and when each learns."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = [m for m, points in curves.items() if points]
-    fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 3.6), sharey=True, squeeze=False)
-    for ax, method in zip(axes[0], methods):
-        points = curves[method]
-        minutes = [p["train_seconds"] / 60 for p in points]
-        for domain in sorted(points[-1]["f1"]):
-            ax.plot(minutes, [p["f1"].get(domain, float("nan")) for p in points], marker="o", label=domain)
-        ax.plot(minutes, [p["average"] for p in points], color="black", linewidth=2.5, label="average")
-        n = points[-1]["n_per_domain"]
-        ax.set_title(f"{method} (validation, {min(n.values())} per domain)")
-        ax.set_xlabel("training minutes")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("F1 (greedy)")
-    axes[0][-1].legend(loc="upper left", fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 class StudyError(RuntimeError):

@@ -32,6 +32,7 @@ from typing import Any
 
 from absence_tasks.io import atomic_write_bytes
 from absence_tasks.schema import atomic_write_text
+from study.plots import sweep_png
 from study.experiment import (DOMAINS, MAX_TRAIN_SECONDS, MIN_TRAIN_SECONDS, PLANNED_INSTANCES_PER_SECOND, Study,
                               StudyError, default_backend, launch, training_record)
 
@@ -213,37 +214,6 @@ class Sweep(Study):
                        for name in ("zero-shot", *self.plan.names)]
         return [("model", self.prepare_model), ("data", self.build_data), *trainings, *evaluations,
                 ("publish", self.publish)]
-
-
-def sweep_png(summary: dict[str, Any]) -> bytes:
-    """Validation F1 per setting: the average with its 95% CI and each domain, the base model as a line."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    settings = summary["settings"]
-    labels = [" ".join(f"{k}={v}" for k, v in s["flags"].items()) for s in settings]
-    x = list(range(len(settings)))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(settings) + 2), 3.8))
-    averages = [s["average"]["value"] for s in settings]
-    errors = [[a - s["average"]["ci_low"] for a, s in zip(averages, settings)],
-              [s["average"]["ci_high"] - a for a, s in zip(averages, settings)]]
-    ax.errorbar(x, averages, yerr=errors, fmt="o", color="black", capsize=4, markersize=7, label="average (95% CI)")
-    for domain, marker in zip(sorted(settings[0]["f1"]), ("^", "s", "D")):
-        ax.plot(x, [s["f1"][domain] for s in settings], marker, alpha=0.7, label=domain)
-    ax.axhline(summary["zero_shot"]["average"]["value"], color="grey", linestyle="--", label="zero-shot average")
-    ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel(f"F1 (validation, {summary['validation_instances_per_domain']} per domain)")
-    ax.set_title(f"{summary['method']} sweep; best: {summary['best']}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def settings_and_budget(args: argparse.Namespace) -> tuple[tuple[tuple[tuple[str, str], ...], ...], float | None]:

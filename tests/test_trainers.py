@@ -588,3 +588,41 @@ def test_the_curriculum_sampler_feeds_the_trainer_shortest_stage_first(tiny_llam
     row = next(k for k, i in enumerate(staged) if encode(tokenizer, i, chat=True).input_ids
                == first["input_ids"][0].tolist())
     assert stages[row] == 0
+
+
+# ---- visible gaps first (the placeholder-first curriculum) ---------------------------------------------------
+
+@pytest.mark.parametrize("domain", ["numerical", "poetry", "github_prs"])
+def test_a_placeholder_twin_is_what_the_generator_makes_for_placeholder_from_the_same_seed(domain):
+    from absence_tasks.generate import generate_instances, placeholder_twin
+
+    omission = generate_instances(domain, "omission", 5, "train", 3, progress=False)
+    placeholder = generate_instances(domain, "placeholder", 5, "train", 3, progress=False)
+    twins = [placeholder_twin(i) for i in omission]
+    assert [t.to_dict() | {"id": p.id} for t, p in zip(twins, placeholder)] == [p.to_dict() for p in placeholder]
+    assert all(PLACEHOLDER in t.modified_lines and t.answer_lines == o.answer_lines for t, o in zip(twins, omission))
+
+
+def test_the_first_stages_show_their_gaps_and_the_run_trains_on_them(tiny_llama_dir, tmp_path):
+    from absence_tasks.generate import placeholder_twin
+    from trainers.data import visible_gaps_first
+
+    staged = load_training_instances(["numerical"], ["omission"], 6, 0, max_lines=12, curriculum=True,
+                                     curriculum_stages=3)
+    shown = visible_gaps_first(staged, 2)
+    assert [(i.metadata["curriculum_stage"], i.variant) for i in shown] == [
+        (i.metadata["curriculum_stage"], "placeholder" if i.metadata["curriculum_stage"] < 2 else "omission")
+        for i in staged]
+    assert [s for s, i in zip(shown, staged) if s.variant == "placeholder"] == [
+        placeholder_twin(i) for i in staged if i.metadata["curriculum_stage"] < 2]
+    with pytest.raises(ValueError, match="would show the gaps in every stage"):
+        visible_gaps_first(staged, 3)
+    with pytest.raises(ValueError, match="needs the length curriculum"):
+        visible_gaps_first(load_training_instances(["numerical"], ["omission"], 2, 0, max_lines=5), 1)
+
+    out = tmp_path / "visible"
+    assert sft.main(flags(tiny_llama_dir, out, "--curriculum_placeholder_stages", 1, max_steps=2)) == 0
+    trained = read_jsonl(out / "training_data.jsonl")
+    assert {(i.metadata["curriculum_stage"] == 0, i.variant) for i in trained} == {
+        (True, "placeholder"), (False, "omission")}
+    assert read_model_card(out)["script_args"]["curriculum_placeholder_stages"] == 1

@@ -88,6 +88,11 @@ class ScriptArguments:
     curriculum_ramp: float = field(
         default=0.7, metadata={"help": "Fraction of the run (of its budget, or of its steps) after which the last, "
                                        "full-length stage is open."})
+    curriculum_placeholder_stages: int = field(
+        default=0, metadata={"help": "Visible gaps first: the curriculum's first this many length stages are trained "
+                                     "as placeholder instances (each missing line marked '<missing line>' where it "
+                                     "was, so attention has a key at the gap), the later ones as omission instances, "
+                                     "whose gaps the model must find itself (0: off)."})
     curve_every_steps: int = field(
         default=50, metadata={"help": "Learning curve: greedy F1 on the fixed validation set every this many "
                                       "optimizer steps (0: only at the end); its time is not training time."})
@@ -130,6 +135,8 @@ class ScriptArguments:
             raise ValueError(f"--max_train_seconds must be > 0, got {self.max_train_seconds}")
         if self.curriculum_stages < 1 or self.curriculum_start_lines < 2:
             raise ValueError("--curriculum_stages must be >= 1 and --curriculum_start_lines >= 2")
+        if self.curriculum_placeholder_stages < 0:
+            raise ValueError(f"--curriculum_placeholder_stages must be >= 0, got {self.curriculum_placeholder_stages}")
         if not 0 < self.curriculum_ramp <= 1:
             raise ValueError(f"--curriculum_ramp must lie in (0, 1], got {self.curriculum_ramp}")
         if self.curve_every_steps < 0 or self.curve_instances_per_domain < 0:

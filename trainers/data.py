@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from absence_tasks.generate import GenerationConfig, default_config, generate_instances, omittable_indices
+from absence_tasks.generate import (GenerationConfig, default_config, generate_instances, omittable_indices,
+                                     placeholder_twin)
 from absence_tasks.prompts import render_answer, render_documents, render_prompt
 from absence_tasks.schema import PLACEHOLDER, DataError, Instance, dumps_jsonl, read_jsonl
 from absence_tasks.sources import Document
@@ -96,6 +97,24 @@ def curriculum_instances(domain: str, variant: str, n: int, seed: int, config: G
                                            progress=False):
             out.append(replace(instance, metadata={**instance.metadata, "curriculum_stage": index}))
     return out
+
+
+def visible_gaps_first(instances: Sequence[Instance], n_stages: int) -> list[Instance]:
+    """The curriculum's first `n_stages` length stages with their gaps shown: each omission instance there
+    becomes its placeholder twin (the same lines missing, each marked where it was), so the model learns where
+    to look while the marker gives attention a key at the gap; the later stages stay omission instances, whose
+    gaps it must find itself. DataError (one line) when instances carry no stages or no omission stage is left."""
+    if not n_stages:
+        return list(instances)
+    stages = [i.metadata.get("curriculum_stage") for i in instances]
+    if None in stages:
+        raise DataError("--curriculum_placeholder_stages needs the length curriculum: training instances without a "
+                        "curriculum_stage (use --curriculum true, or a --train_file generated with it)")
+    if not any(stage >= n_stages for stage in stages):
+        raise DataError(f"--curriculum_placeholder_stages {n_stages} would show the gaps in every stage (the data "
+                        f"has {max(stages) + 1}); at least the last one must be omission instances")
+    return [placeholder_twin(i) if stage < n_stages and i.variant == "omission" else i
+            for i, stage in zip(instances, stages)]
 
 
 def data_sha256(instances: Sequence[Instance]) -> str:

@@ -34,7 +34,7 @@ from absence_tasks.schema import DataError, Instance
 from trainers.accounting import ComputeAccountant, matmul_parameter_count
 from trainers.card import _json_safe, write_final_model
 from trainers.config import AbsenceModelConfig, RecipeArguments, ScriptArguments
-from trainers.data import data_sha256, drop_overlong, load_training_instances
+from trainers.data import data_sha256, drop_overlong, load_training_instances, visible_gaps_first
 from trainers.learning_curve import LearningCurve, ScheduledEvaluation, validation_instances
 from trainers.losses import next_token_targets, token_cross_entropy
 from trainers.recipe import CurriculumSampler, budget_scheduler, choose_precision, measure_precision
@@ -300,6 +300,7 @@ def prepare(method: str, description: str, model_args: AbsenceModelConfig, scrip
                                         curriculum=script_args.curriculum,
                                         curriculum_stages=script_args.curriculum_stages,
                                         curriculum_start_lines=script_args.curriculum_start_lines)
+    instances = visible_gaps_first(instances, script_args.curriculum_placeholder_stages)
     instances = drop_overlong(tokenizer, instances, script_args.chat_template, training_args.max_length,
                               script_args.scratchpad)
     curve_instances = (validation_instances(script_args.domains, script_args.curve_instances_per_domain, data_seed)
