@@ -60,7 +60,8 @@ def sweep_png(summary: dict[str, Any]) -> bytes:
     ax.axhline(summary["zero_shot"]["average"]["value"], color="grey", linestyle="--", label="zero-shot average")
     ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(f"F1 (validation, {summary['validation_instances_per_domain']} per domain)")
-    ax.set_title(f"{summary['method']} sweep; best: {summary['best']}", fontsize=9)
+    baseline = f"; baseline: {summary['baseline']}" if summary.get("baseline") else ""
+    ax.set_title(f"{summary['method']} sweep; best: {summary['best']}{baseline}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     return _png(fig)

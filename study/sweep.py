@@ -2,7 +2,8 @@
 
     python -m study.sweep --method sft --grid learning_rate=3e-5,1e-4,3e-4,1e-3 --train-minutes 12 --out runs/lr-sweep
     python -m study.sweep --method contrastive --compute-budget-flops 1.5e14 --out runs/lambda-sweep \\
-        --setting "lambda_seq=0 lambda_gap=0.1" --setting "lambda_seq=0.5 lambda_gap=0"
+        --setting "lambda_seq=0 lambda_gap=0" --setting "lambda_seq=0 lambda_gap=0.1" \\
+        --setting "lambda_seq=0.5 lambda_gap=0" --baseline "lambda_seq=0 lambda_gap=0"
 
 Each setting is a set of trainer flags (`--grid KEY=V1,V2,...` sweeps the product of its lists; each
 `--setting "KEY=V KEY=V"` adds one setting). Every setting trains a fresh copy of the base model with the
@@ -10,12 +11,14 @@ trainers' recipe on the same train split (the study's length curriculum, the sam
 the same budget — a training wall time, or a FLOP budget, which does not depend on what else runs on the
 machine — and is scored with lm-eval on a validation set whose sources are neither trained on nor in the test
 suite the studies report, so a setting picked here has never seen the test suite. The base model is scored
-on it too (`zero-shot`).
+on it too (`zero-shot`). The same command with more settings extends a finished sweep: only the new ones
+are trained and scored, and the sweep is published again over all of them, so an ablation grows run by run.
 
 `publish` writes the leaderboard of the validation rows (with a paired bootstrap of every setting against the
-best one, Holm-adjusted over the sweep), the page, `sweep.json` (per setting: its flags, optimizer steps,
+best one, Holm-adjusted over the sweep, and with `--baseline SETTING` against that setting too — an ablation's
+control, say the contrastive trainer with both extra terms off, which is SFT — Holm-adjusted apart), the page, `sweep.json` (per setting: its flags, optimizer steps,
 FLOPs, training minutes, last training loss, validation F1 per domain and on average with 95% CIs; the best
-setting) and `sweep.png`. The stages, markers and resuming are `study.experiment`'s.
+setting and the baseline) and `sweep.png`. The stages, markers and resuming are `study.experiment`'s.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ RESERVED_FLAGS = {"output_dir", "model_name_or_path", "train_file", "max_train_s
 # Without a time budget to size it from, the train split holds this many instances per domain (a 40-minute run).
 DEFAULT_N_TRAIN = 360
 FAMILY = "sweep"
+BASELINE_FAMILY = "baseline"
 
 
 @dataclass
@@ -60,6 +64,7 @@ class SweepPlan:
     train_domains: tuple[str, ...] = DOMAINS
     curve_instances_per_domain: int = 0  # the trainers' in-run curve is off: lm-eval scores every setting
     curve_every_steps: int = 0
+    baseline: str | None = None  # a setting's name: every other setting is compared with it as well
 
     @property
     def names(self) -> list[str]:
@@ -75,32 +80,44 @@ def setting_name(setting: tuple[tuple[str, str], ...]) -> str:
 def parse_settings(grid: list[str], settings: list[str], method: str) -> tuple[tuple[tuple[str, str], ...], ...]:
     """The product of the `--grid` lists, then each `--setting`; every flag checked against the method's
     trainer options (a typo would otherwise train a whole run with the default)."""
-    def pair(text: str, where: str) -> tuple[str, str]:
-        flag, sep, value = text.partition("=")
-        flag = flag.strip().removeprefix("--")
-        if not sep or not flag or not value.strip():
-            raise StudyError(f"{where} {text!r}: expected FLAG=VALUE")
-        if flag in RESERVED_FLAGS:
-            raise StudyError(f"{where} {text!r}: --{flag} is set by the sweep for every setting")
-        if flag not in trainer_flags(method):
-            raise StudyError(f"{where} {text!r}: python -m trainers.{method} has no option --{flag}")
-        return flag, value.strip()
-
     axes = []
     for item in grid:
-        flag, values = pair(item, "--grid")
+        flag, values = setting_pair(item, "--grid", method)
         axes.append([(flag, value.strip()) for value in values.split(",") if value.strip()])
     if len({axis[0][0] for axis in axes}) != len(axes):
         raise StudyError("--grid: a flag is given twice")
     out = [tuple(combo) for combo in itertools.product(*axes)] if axes else []
     for text in settings:
-        out.append(tuple(pair(item, "--setting") for item in text.split()))
+        out.append(tuple(setting_pair(item, "--setting", method) for item in text.split()))
     if not out:
         raise StudyError("nothing to sweep: give --grid FLAG=V1,V2 or --setting \"FLAG=V ...\"")
     names = [setting_name(s) for s in out]
     if len(set(names)) != len(names):
         raise StudyError(f"setting {next(n for n in names if names.count(n) > 1)!r} is given twice")
     return tuple(out)
+
+
+def setting_pair(text: str, where: str, method: str) -> tuple[str, str]:
+    """`FLAG=VALUE` as (flag, value), the flag one the method's trainer has and the sweep does not set itself."""
+    flag, sep, value = text.partition("=")
+    flag = flag.strip().removeprefix("--")
+    if not sep or not flag or not value.strip():
+        raise StudyError(f"{where} {text!r}: expected FLAG=VALUE")
+    if flag in RESERVED_FLAGS:
+        raise StudyError(f"{where} {text!r}: --{flag} is set by the sweep for every setting")
+    if flag not in trainer_flags(method):
+        raise StudyError(f"{where} {text!r}: python -m trainers.{method} has no option --{flag}")
+    return flag, value.strip()
+
+
+def baseline_name(text: str | None, settings: tuple[tuple[tuple[str, str], ...], ...], method: str) -> str | None:
+    """The `--baseline` setting's name; it must be one of the settings swept."""
+    if text is None:
+        return None
+    name = setting_name(tuple(setting_pair(item, "--baseline", method) for item in text.split()))
+    if name not in [setting_name(s) for s in settings]:
+        raise StudyError(f"--baseline {text!r} is not one of the settings swept; give it as a --setting too")
+    return name
 
 
 def trainer_flags(method: str) -> set[str]:
@@ -173,6 +190,12 @@ class Sweep(Study):
         for name in self.plan.names:
             if name != best:
                 self.command(lb + ["compare", str(board), self.row_name(name), self.row_name(best), "--family", FAMILY])
+        baseline = self.plan.baseline
+        if baseline is not None and baseline != best:  # when it is the best, the comparisons above are these
+            for name in self.plan.names:
+                if name != baseline:
+                    self.command(lb + ["compare", str(board), self.row_name(name), self.row_name(baseline),
+                                       "--family", BASELINE_FAMILY])
         self.command(lb + ["render", str(board), "--out", str(self.out / "page"), "--screenshot"])
         summary = self.summary(json.loads(board.read_text()), best)
         atomic_write_text(self.out / "sweep.json", json.dumps(summary, indent=2) + "\n")
@@ -182,8 +205,16 @@ class Sweep(Study):
 
     def summary(self, board: dict[str, Any], best: str) -> dict[str, Any]:
         rows = {row["model"]: row for row in board["rows"]}
-        against_best = {c["row_a"]["model"]: c for c in board.get("comparisons", [])
-                        if c["row_b"]["model"] == self.row_name(best) and c["task"] == "average"}
+        def against(name: str | None) -> dict[str, dict[str, Any]]:
+            return {c["row_a"]["model"]: c for c in board.get("comparisons", [])
+                    if name is not None and c["row_b"]["model"] == self.row_name(name) and c["task"] == "average"}
+
+        def difference(comparison: dict[str, Any] | None) -> dict[str, Any] | None:
+            return None if comparison is None else {
+                key: round(100 * comparison[key], 2) for key in ("mean_difference", "ci_low", "ci_high")
+            } | {"p_holm": comparison.get("p_holm")}
+
+        against_best, against_baseline = against(best), against(self.plan.baseline)
 
         def scores(row: dict[str, Any]) -> dict[str, Any]:
             percent = {key: round(100 * row["average"][key], 2) for key in ("value", "ci_low", "ci_high")}
@@ -196,17 +227,16 @@ class Sweep(Study):
             compute = record["compute"]
             state = json.loads((self.out / "models" / name / "trainer_state.json").read_text())
             losses = [entry["loss"] for entry in state.get("log_history", []) if "loss" in entry]
-            comparison = against_best.get(self.row_name(name))
             out.append({"name": name, "flags": dict(setting), **scores(rows[self.row_name(name)]),
                         "optimizer_steps": record["global_step"],
                         "flops": compute["flops"], "train_minutes": round(compute["train_seconds"] / 60, 2),
                         "last_logged_loss": losses[-1] if losses else None,
-                        "minus_best": None if comparison is None else {
-                            key: round(100 * comparison[key], 2) for key in ("mean_difference", "ci_low", "ci_high")
-                        } | {"p_holm": comparison.get("p_holm")}})
+                        "minus_best": difference(against_best.get(self.row_name(name))),
+                        "minus_baseline": difference(against_baseline.get(self.row_name(name)))})
         return {"method": self.plan.method, "split": VALIDATION, "validation_instances_per_domain": self.plan.n_val,
                 "budget": {"train_seconds": self.plan.train_seconds, "flops": self.plan.budget_flops},
-                "zero_shot": scores(rows[self.row_name("zero-shot")]), "settings": out, "best": best}
+                "zero_shot": scores(rows[self.row_name("zero-shot")]), "settings": out, "best": best,
+                "baseline": self.plan.baseline}
 
     def stages(self) -> list[tuple[str, Any]]:
         trainings = [(f"train-{setting_name(s)}", lambda s=s: self.train_setting(s)) for s in self.plan.settings]
@@ -228,7 +258,9 @@ def settings_and_budget(args: argparse.Namespace) -> tuple[tuple[tuple[tuple[str
         raise StudyError(f"--compute-budget-flops must be > 0, got {args.compute_budget_flops:g}")
     if args.n_val < 1 or (args.n_train is not None and args.n_train < 1):
         raise StudyError("--n-val and --n-train must be >= 1")
-    return parse_settings(args.grid, args.setting, args.method), seconds
+    settings = parse_settings(args.grid, args.setting, args.method)
+    baseline_name(args.baseline, settings, args.method)
+    return settings, seconds
 
 
 def load_or_make_plan(out: Path, args: argparse.Namespace) -> SweepPlan:
@@ -238,16 +270,22 @@ def load_or_make_plan(out: Path, args: argparse.Namespace) -> SweepPlan:
                                max(20, round(seconds * PLANNED_INSTANCES_PER_SECOND / len(domains))))
     asked = SweepPlan(args.method, settings, seconds,
                       args.compute_budget_flops, args.n_val, n_train, args.backend or default_backend(), args.seed,
-                      domains)
+                      domains, baseline=baseline_name(args.baseline, settings, args.method))
     path = out / "plan.json"
     if path.is_file() and any((out / "stages").glob("*.json")):
         stored = json.loads(path.read_text())
         plan = SweepPlan(**{**stored, "settings": tuple(tuple(tuple(p) for p in s) for s in stored["settings"]),
                             "train_domains": tuple(stored["train_domains"])})
-        if asdict(plan) != asdict(asked):
+        if asdict(plan) == asdict(asked):
+            return plan
+        extends = (asdict(dataclasses.replace(plan, settings=asked.settings, baseline=asked.baseline)) == asdict(asked)
+                   and set(plan.names) <= set(asked.names))
+        if not extends:
             raise StudyError(f"{path}: this sweep was planned otherwise (method {plan.method}, settings "
-                             f"{', '.join(plan.names)}); use another --out for a different sweep")
-        return plan
+                             f"{', '.join(plan.names)}); a sweep may gain settings, nothing else: use another --out "
+                             f"for a different sweep")
+        # The finished settings keep their models and scores; publishing is redone over all of them.
+        (out / "stages" / "publish.json").unlink(missing_ok=True)
     atomic_write_text(path, json.dumps(asdict(asked), indent=2) + "\n")
     return asked
 
@@ -259,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a trainer flag and its values; several --grid sweep their product")
     parser.add_argument("--setting", action="append", default=[], metavar="\"FLAG=V FLAG=V\"",
                         help="one more setting: trainer flags, space-separated (a list value: V1,V2)")
+    parser.add_argument("--baseline", default=None, metavar="\"FLAG=V FLAG=V\"",
+                        help="one of the settings: every other one is also paired against it (an ablation's control)")
     parser.add_argument("--train-minutes", type=float, default=None, help="training wall time per setting")
     parser.add_argument("--compute-budget-flops", type=float, default=None,
                         help="training FLOPs per setting instead (equal compute whatever else runs on the machine)")

@@ -1,7 +1,7 @@
 """The sweep command end to end on a tiny random Llama (HF backend): two learning rates, each trained for the
 same FLOP budget on the same train split, scored with lm-eval on the validation split, published with the
-best one picked; run again it redoes nothing; a flag the trainer does not have stops it before anything is
-written."""
+best one picked; run again it redoes nothing; given one more setting and a baseline it trains only that one and
+pairs every setting against the baseline; a flag the trainer does not have stops it before anything is written."""
 
 import json
 import subprocess
@@ -86,7 +86,26 @@ def test_sweep_trains_each_setting_scores_it_on_validation_and_picks_the_best(ti
     assert changed.returncode == 2
     assert changed.stderr.strip().splitlines() == [
         f"sweep: error: {out / 'plan.json'}: this sweep was planned otherwise (method sft, settings "
-        f"learning_rate-1e-4, learning_rate-1e-2); use another --out for a different sweep"]
+        f"learning_rate-1e-4, learning_rate-1e-2); a sweep may gain settings, nothing else: use another --out "
+        f"for a different sweep"]
+
+    # Extended by one setting, with a control: only the new setting is trained and scored, all are published.
+    extended = subprocess.run(_sweep_command(tiny_llama_dir, out, "--grid", "learning_rate=1e-4,1e-2", "--setting",
+                                             "learning_rate=3e-3", "--baseline", "learning_rate=1e-2"),
+                              cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert extended.returncode == 0, extended.stderr[-4000:]
+    assert extended.stderr.count("done before, skipped") == 7  # all but the new training, its evaluation, publish
+    summary = json.loads((out / "sweep.json").read_text())
+    assert [s["name"] for s in summary["settings"]] == [*names, "learning_rate-3e-3"]
+    assert summary["baseline"] == "learning_rate-1e-2"
+    board = json.loads((out / "leaderboard.json").read_text())
+    against_baseline = {c["row_a"]["model"] for c in board["comparisons"]
+                        if c["row_b"]["model"] == "tiny-llama-sft-learning_rate-1e-2" and c["task"] == "average"}
+    assert against_baseline == {"tiny-llama-sft-learning_rate-1e-4", "tiny-llama-sft-learning_rate-3e-3"}
+    for setting in summary["settings"]:
+        assert (setting["minus_baseline"] is None) == (setting["name"] == "learning_rate-1e-2")
+    families = {c["family"] for c in board["comparisons"]}
+    assert families == ({"sweep"} if summary["best"] == "learning_rate-1e-2" else {"sweep", "baseline"})
 
 
 def test_a_flag_the_trainer_lacks_stops_the_sweep_before_anything_is_written(tiny_llama_dir, tmp_path):
@@ -96,4 +115,15 @@ def test_a_flag_the_trainer_lacks_stops_the_sweep_before_anything_is_written(tin
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "sweep: error: --grid 'lerning_rate=1e-4': python -m trainers.sft has no option --lerning_rate"]
+    assert not (out / "plan.json").exists()
+
+
+def test_a_baseline_that_is_not_swept_stops_the_sweep_before_anything_is_written(tiny_llama_dir, tmp_path):
+    out = tmp_path / "sweep"
+    result = subprocess.run(_sweep_command(tiny_llama_dir, out, "--grid", "learning_rate=1e-4,1e-3",
+                                           "--baseline", "learning_rate=1e-2"),
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "sweep: error: --baseline 'learning_rate=1e-2' is not one of the settings swept; give it as a --setting too"]
     assert not (out / "plan.json").exists()
