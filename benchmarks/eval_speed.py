@@ -35,8 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from absence_tasks.io import atomic_write_text  # noqa: E402
+from absence_tasks.lm_eval_models import vllm_cpu_model_args  # noqa: E402
+
 # What the study and the README pass to lm-eval's vLLM backend (study/experiment.py, Study.lm_eval).
-VLLM_MODEL_ARGS = "dtype=bfloat16,gpu_memory_utilization=0.35,max_model_len=8192,enforce_eager=True"
+VLLM_MODEL_ARGS = vllm_cpu_model_args("bfloat16")
 
 
 def task_rows(tasks: list[str], task_manager) -> dict[str, list[dict]]:

@@ -317,9 +317,10 @@ class Study:
         else:
             args += ["--apply_chat_template", *(["--use_cache", str(cache)] if cache else [])]
             if self.plan.backend == "vllm":
+                from absence_tasks.lm_eval_models import vllm_cpu_model_args  # imports lm_eval: only when scoring
+
                 args += ["--model", "vllm", "--batch_size", "auto", "--model_args",
-                         f"pretrained={model},dtype={self.eval_dtype()},gpu_memory_utilization=0.35,"
-                         f"max_model_len=8192,enforce_eager=True"]
+                         f"pretrained={model},{vllm_cpu_model_args(self.eval_dtype())}"]
             else:
                 args += ["--model", "hf", "--batch_size", "8", "--model_args", f"pretrained={model},dtype=float32"]
         self.command(args)
