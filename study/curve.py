@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from absence_tasks.schema import atomic_write_text
-from study.experiment import DOMAINS, Study, StudyError, default_backend, launch
+from absence_tasks.schema import DOMAINS, atomic_write_text
+from study.experiment import Study, launch
+from study.plan import METHODS, StudyError, default_backend
 
-METHODS = ("sft", "contrastive")
 CURVE_TASK_GROUPS = ("absencebench",)  # omission only: the curve's question is the main task
 
 

@@ -19,135 +19,40 @@ stage, and vLLM gets a fresh process):
                  installed, else HF) and the difflib oracle (the upper bound), with --log_samples
     pass-at-k-*  with --rl-minutes only: pass@1/4/8 of the SFT checkpoint (RL's start) and of RL's end on the
                  validation split (lm-eval's absencebench_pass_at_k, 8 answers at temperature 1 per instance)
+    heldout-*    with --heldout DOMAIN=FILE only: zero-shot and every trained model on that file's omission
+                 instances (ours or upstream AbsenceBench's JSONL, through the tasks' data_file switch): transfer
+                 to a source the training never saw, e.g. PRs mined from another repository
     publish      leaderboard JSON (+ the AbsenceBench paper's reported rows), the paired bootstrap tests
-                 contrastive vs SFT (and rl vs sft-continued), Markdown, HTML page, plots, a headless-Chromium
-                 screenshot
+                 contrastive vs SFT (and rl vs sft-continued) on the test suite and on each held-out file,
+                 Markdown, HTML page, plots, a headless-Chromium screenshot
 
 A finished stage writes `stages/<name>.json`; running the same command again skips finished stages,
 resumes an interrupted training run from its last checkpoint and reuses the answers an interrupted
 evaluation already cached (lm-eval's --use_cache). The plan (training time, test-set sizes) is fixed at the
-first run and stored in `plan.json`, so a resumed study is the same study.
+first run and stored in `plan.json`, so a resumed study is the same study — except that the same command with
+more `--heldout` files scores a finished study's models on them too (only those stages run, then `publish`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from absence_tasks.io import check_output_folder, run_command
 from absence_tasks.io import atomic_write_bytes
 from absence_tasks.schema import DOMAINS, atomic_write_text
+from study.plan import (METHODS, PASS_AT_K_SAMPLES, Plan, StudyError, check_methods, load_or_make_plan,
+                        parse_heldout)
 from study.plots import learning_curve_png
 
-TASK_GROUPS = ("absencebench", "absencebench_placeholder")
-EVAL_VARIANTS = ("omission", "placeholder")
-# The methods a study trains from the base model; SFT's wall time is the budget the others get in FLOPs.
-METHODS = ("sft", "contrastive")
-
-# A study trains each method for a fixed time (`--train-minutes`; contrastive gets the FLOPs SFT used) and then
-# evaluates on top of it, so a bigger test set never eats the training. The bounds: below ten seconds there is no
-# run to speak of (tests use a few seconds); beyond a day is not a study for this machine.
-MIN_TRAIN_SECONDS = 10
-MAX_TRAIN_SECONDS = 24 * 3600
-# Trained instances per second of training, measured with the recipe (bf16 autocast, curriculum) on the 2-core
-# machine: about 0.3. The train split is generated with half again as many (the curriculum draws each instance
-# once before any repeats, so a run that is faster than planned still sees new documents).
-PLANNED_INSTANCES_PER_SECOND = 0.45
-# vLLM on 2 cores (the recipe's engine settings): an engine start about 1.5 minutes, then about 1 instance/s
-# on the omission suite (results/study-30m: 300 instances scored in 388-511 s a model, start included). Only
-# for the estimate the study prints before it starts (evaluation is never cut to fit it).
-VLLM_START_SECONDS = 90
-VLLM_INSTANCES_PER_SECOND = 1.0
-PASS_AT_K_SAMPLES = 8  # answers per instance of the absencebench_pass_at_k tasks (their `repeats`)
-HF_INSTANCES_PER_SECOND = 0.03
-
-
-@dataclass
-class Plan:
-    """What a study runs; stored in plan.json at the first run, so a resumed study is the same study."""
-    train_seconds: float     # SFT's training wall time; contrastive trains for the FLOPs SFT used
-    backend: str
-    n_eval: int              # test instances per omission task (3 domains)
-    n_eval_placeholder: int  # per placeholder task (0: the placeholder tasks are not evaluated)
-    n_train: int             # train instances per domain (a length curriculum)
-    seed: int
-    train_domains: tuple[str, ...] = DOMAINS  # fewer: cross-domain transfer to the left-out ones
-    curve_instances_per_domain: int = 6      # the trainers' learning curve (validation split)
-    curve_every_steps: int = 150
-    rl_seconds: float = 0.0  # RL from the SFT checkpoint for this wall time, against SFT continued (0: no RL)
-    rl_config: str | None = None  # a trainers.rl YAML config (TRL's --config) for the RL stage
-    methods: tuple[str, ...] = METHODS  # the methods trained from the base model (SFT always: it sets the budget)
-    pass_at_k_instances_per_domain: int = 10  # RL's before/after pass@k (validation split, lm-eval, 8 samples)
-
-    @property
-    def trained(self) -> tuple[str, ...]:
-        """The trained models' names (folders under models/, rows of the leaderboard)."""
-        return (*self.methods, *(("rl", "sft-continued") if self.rl_seconds else ()))
-
-    @property
-    def task_groups(self) -> tuple[str, ...]:
-        return TASK_GROUPS if self.n_eval_placeholder else TASK_GROUPS[:1]
-
-    def estimated_seconds(self) -> float:
-        """Training plus an estimate of the models' evaluation (for the log only); RL's continued SFT takes
-        about as long as RL."""
-        rate, start = ((VLLM_INSTANCES_PER_SECOND, VLLM_START_SECONDS) if self.backend == "vllm"
-                       else (HF_INSTANCES_PER_SECOND, 20))
-        instances = len(DOMAINS) * (self.n_eval + self.n_eval_placeholder)
-        pass_at_k = 2 * (start + PASS_AT_K_SAMPLES * len(DOMAINS) * self.pass_at_k_instances_per_domain / rate
-                         ) if self.rl_seconds else 0.0
-        return (len(self.methods) * self.train_seconds + 2 * self.rl_seconds
-                + (1 + len(self.trained)) * (start + instances / rate) + pass_at_k)
-
-
-def make_plan(train_seconds: float, backend: str, seed: int, n_eval: int = 100, n_eval_placeholder: int = 30,
-              train_domains: tuple[str, ...] = DOMAINS, rl_seconds: float = 0.0, rl_config: str | None = None,
-              methods: tuple[str, ...] = METHODS, pass_at_k_instances_per_domain: int = 10) -> Plan:
-    """The study's plan: SFT trains for `train_seconds` (contrastive for the same FLOPs), on a curriculum train
-    split sized to what that time gets through, and the three models are scored on n_eval instances per
-    omission task (n_eval_placeholder per placeholder task)."""
-    if not MIN_TRAIN_SECONDS <= train_seconds <= MAX_TRAIN_SECONDS:
-        raise StudyError(f"--train-minutes {train_seconds / 60:g} is outside the bounds ({MIN_TRAIN_SECONDS} s to "
-                         f"{MAX_TRAIN_SECONDS // 3600} h of training)")
-    if n_eval < 1 or n_eval_placeholder < 0:
-        raise StudyError("--n-eval must be >= 1 and --n-eval-placeholder >= 0")
-    if pass_at_k_instances_per_domain < 1:
-        raise StudyError("--pass-at-k-instances must be >= 1")
-    if rl_seconds and not MIN_TRAIN_SECONDS <= rl_seconds <= MAX_TRAIN_SECONDS:
-        raise StudyError(f"--rl-minutes {rl_seconds / 60:g} is outside the bounds (0, or {MIN_TRAIN_SECONDS} s to "
-                         f"{MAX_TRAIN_SECONDS // 3600} h)")
-    check_methods(methods)
-    methods = tuple(m for m in METHODS if m in methods)  # the stages' order, each once
-    n_train = max(20, min(5000, round(train_seconds * PLANNED_INSTANCES_PER_SECOND / len(train_domains))))
-    # The learning curve costs evaluation time (≈ 7 s per validation instance on 2 cores, on top of the training
-    # budget): a 30-minute run (≈ 400 steps) gets four points on 6 instances per domain, a shorter one fewer
-    # instances, and a run under 10 minutes none — its two points on 3 instances per domain (±25 F1 each) cost
-    # 2.3 of the main job's 23.5 minutes per method and said nothing (measured on the 3-minute main job).
-    curve = 6 if train_seconds >= 20 * 60 else 3 if train_seconds >= 10 * 60 else 0
-    return Plan(round(train_seconds, 1), backend, n_eval, n_eval_placeholder, n_train, seed, tuple(train_domains),
-                curve_instances_per_domain=curve, curve_every_steps=150, rl_seconds=round(rl_seconds, 1),
-                rl_config=rl_config, methods=methods, pass_at_k_instances_per_domain=pass_at_k_instances_per_domain)
-
-
-def check_methods(methods) -> None:
-    if "sft" not in methods:
-        raise StudyError("--methods must include sft: the other methods train for the FLOPs SFT used")
-
-
-def default_backend() -> str:
-    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
-
-
-# ---- running stages ------------------------------------------------------------------------------
 
 class Study:
     program = "experiment"  # what its log lines and errors start with
@@ -169,6 +74,7 @@ class Study:
         if rl_config is not None and not args.rl_minutes:
             raise StudyError("--rl-config needs --rl-minutes")
         check_methods(getattr(args, "methods", METHODS))
+        parse_heldout(getattr(args, "heldout", None) or [])
 
     def log(self, message: str) -> None:
         elapsed = time.time() - self.started
@@ -289,6 +195,16 @@ class Study:
                      cache=self.out / "eval" / f".cache-{name}")
         return {"output": str(output)}
 
+    def evaluate_heldout(self, domain: str, data_file: str, name: str) -> dict:
+        """lm-eval on a held-out file's omission instances (the tasks' `data_file` switch) into
+        eval/heldout-<domain>/<name>: zero-shot (the base model) or models/<name>."""
+        model = self.model if name == "zero-shot" else self.out / "models" / name
+        settings: dict[str, Any] = {"data_file": data_file, **({"scratchpad": True} if walks_first(model) else {})}
+        self.lm_eval(model, (f"absence_{domain}",), settings, self.out / "eval" / f"heldout-{domain}" / name,
+                     cache=self.out / "eval" / f".cache-heldout-{domain}-{name}")
+        return {"output": str(self.out / "eval" / f"heldout-{domain}" / name), "data_file": data_file,
+                "data_file_sha256": file_sha256(Path(data_file))}
+
     def pass_at_k(self, name: str) -> dict:
         """pass@1/4/8 of models/<name> (lm-eval's absencebench_pass_at_k: 8 answers sampled at temperature 1 per
         validation instance) into pass_at_k/<name>: RL's starting point (sft) and its end (rl)."""
@@ -329,17 +245,28 @@ class Study:
         board = self.out / "leaderboard.json"
         board.unlink(missing_ok=True)  # rebuilt from the evaluations every time
         lb = [sys.executable, "-m", "leaderboard"]
-        for name in ("oracle", "zero-shot", *self.plan.trained):
+
+        def row(name: str) -> list[str]:
             method = "sft" if name == "sft-continued" else name
-            self.command(lb + ["publish", str(self.out / "eval" / name), "--out", str(board), "--method", method,
-                               "--model-name", "difflib-oracle" if name == "oracle" else f"{self.model_label}-{name}"])
+            return ["--method", method, "--model-name",
+                    "difflib-oracle" if name == "oracle" else f"{self.model_label}-{name}"]
+
+        for name in ("oracle", "zero-shot", *self.plan.trained):
+            self.command(lb + ["publish", str(self.out / "eval" / name), "--out", str(board), *row(name)])
+        for domain, _ in self.plan.heldout:
+            for name in ("zero-shot", *self.plan.trained):
+                self.command(lb + ["publish", str(self.out / "eval" / f"heldout-{domain}" / name), "--out",
+                                   str(board), *row(name)])
         self.command(lb + ["add-reported", "--out", str(board)])
-        # Did training teach anything: the baseline against the model it started from, on the same instances.
-        self.command(lb + ["compare", str(board), f"{self.model_label}-sft", f"{self.model_label}-zero-shot"])
-        if "contrastive" in self.plan.methods:
-            self.command(lb + ["compare", str(board), f"{self.model_label}-contrastive", f"{self.model_label}-sft"])
+        # Did training teach anything (SFT against the model it started from), and does a method beat the row
+        # trained at its compute: on the same instances, of the test suite and of each held-out file.
+        suites = [({"data_dir": str(self.out / "data" / "suite")}, [])]
+        suites += [({"data_file": path}, ["--task", f"absence_{domain}"]) for domain, path in self.plan.heldout]
+        for metadata, task in suites:
+            for a, b in self.plan.paired:
+                self.command(lb + ["compare", str(board), self.row_selector(board, a, metadata),
+                                   self.row_selector(board, b, metadata), *task])
         if self.plan.rl_seconds:
-            self.command(lb + ["compare", str(board), f"{self.model_label}-rl", f"{self.model_label}-sft-continued"])
             for name in ("sft", "rl"):  # the stages' own record, in the log beside the comparison
                 group = json.loads(self.marker(f"pass-at-k-{name}").read_text())["pass_at_k"]["absencebench_pass_at_k"]
                 self.log(f"pass@k of {name} (validation, {self.plan.pass_at_k_instances_per_domain} per domain, "
@@ -351,14 +278,28 @@ class Study:
             atomic_write_bytes(self.out / "page" / "learning_curve.png", learning_curve_png(curves))
         return {"leaderboard": str(board), "page": str(self.out / "page" / "index.html")}
 
+    def row_selector(self, board: Path, name: str, metadata: dict[str, Any]) -> str:
+        """`model@method@suite` of models/<name>'s row on the data `metadata` chooses (the test suite or a
+        held-out file): a model has one row per data it was scored on."""
+        from leaderboard.publish import describe_data
+        from leaderboard.schema import format_key, row_key
+
+        model = f"{self.model_label}-{name}"
+        data = describe_data(metadata) + ";"
+        (match,) = [r for r in json.loads(board.read_text())["rows"]
+                    if r["model"] == model and r["suite"]["description"].startswith(data)]
+        return format_key(row_key(match))
+
     def stages(self) -> list[tuple[str, Any]]:
         rl = [("rl", lambda: self.train("rl", start=self.out / "models" / "sft")),
               ("sft-continued", self.continue_sft)] if self.plan.rl_seconds else []
+        heldout = [(f"heldout-{domain}-{n}", lambda d=domain, p=path, n=n: self.evaluate_heldout(d, p, n))
+                   for domain, path in self.plan.heldout for n in ("zero-shot", *self.plan.trained)]
         return [("model", self.prepare_model), ("data", self.build_data),
                 *[(m, lambda m=m: self.train(m)) for m in self.plan.methods], *rl,
                 *[(f"eval-{n}", lambda n=n: self.evaluate(n)) for n in ("oracle", "zero-shot", *self.plan.trained)],
                 *[(f"pass-at-k-{n}", lambda n=n: self.pass_at_k(n)) for n in (("sft", "rl") if self.plan.rl_seconds else ())],
-                ("publish", self.publish)]
+                *heldout, ("publish", self.publish)]
 
     def run(self) -> None:
         stages = self.stages()
@@ -368,16 +309,18 @@ class Study:
         self.log(f"study finished: {total / 60:.1f} min of stage time in all; page: {self.out / 'page' / 'index.html'}")
 
 
-class StudyError(RuntimeError):
-    pass
-
-
 def training_record(model_dir: Path) -> dict[str, Any]:
     from trainers.card import read_model_card
 
     if not (model_dir / "README.md").is_file():
         raise StudyError(f"{model_dir}: no finished model (model card missing); rerun to resume its training")
     return read_model_card(model_dir)
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def walks_first(model_dir: Path) -> bool:
@@ -389,29 +332,6 @@ def walks_first(model_dir: Path) -> bool:
         return False
     return bool(training_record(model_dir).get("script_args", {}).get("scratchpad"))
 
-
-def load_or_make_plan(out: Path, args: argparse.Namespace) -> Plan:
-    path = out / "plan.json"
-    asked = make_plan(args.train_minutes * 60, args.backend or default_backend(), args.seed, args.n_eval,
-                      args.n_eval_placeholder, tuple(args.train_domains), args.rl_minutes * 60,
-                      str(args.rl_config.resolve()) if args.rl_config else None, tuple(args.methods),
-                      args.pass_at_k_instances)
-    # A plan whose study never finished a stage binds nothing yet: a corrected command replaces it.
-    if path.is_file() and any((out / "stages").glob("*.json")):
-        stored = json.loads(path.read_text())
-        if "train_seconds" not in stored:
-            raise StudyError(f"{path}: a study planned by an older version (a whole-study budget); use another --out")
-        plan = Plan(**{**stored, "train_domains": tuple(stored["train_domains"]),
-                       "methods": tuple(stored.get("methods", METHODS))})
-        if (plan.train_seconds, plan.n_eval, plan.n_eval_placeholder, plan.rl_seconds, plan.methods) != (
-                asked.train_seconds, asked.n_eval, asked.n_eval_placeholder, asked.rl_seconds, asked.methods):
-            raise StudyError(f"{path}: this study was planned for --train-minutes {plan.train_seconds / 60:g} "
-                             f"--n-eval {plan.n_eval} --n-eval-placeholder {plan.n_eval_placeholder} --rl-minutes "
-                             f"{plan.rl_seconds / 60:g} --methods {' '.join(plan.methods)}; use another --out for a "
-                             f"different plan")
-        return plan
-    atomic_write_text(path, json.dumps(asdict(asked), indent=2) + "\n")
-    return asked
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="methods trained from the base model (default: both); sft is required, e.g. "
                              "--methods sft --rl-minutes 30 for RL against SFT continued alone")
+    parser.add_argument("--heldout", action="append", default=[], metavar="DOMAIN=FILE",
+                        help="also score zero-shot and every trained model on this file's omission instances (ours or "
+                             "upstream AbsenceBench's JSONL; one per domain, repeatable), with the paired tests: "
+                             "transfer to a source the training never saw, e.g. github_prs=prs.jsonl from "
+                             "`absence-bench generate --domain github_prs --git-repo OTHER_REPO`. Given to a finished "
+                             "study, only these evaluations run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("train_args", nargs=argparse.REMAINDER,
                         help="after `--`: extra flags for every trainer, e.g. -- --learning_rate 5e-5")

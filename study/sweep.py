@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from absence_tasks.io import atomic_write_bytes
-from absence_tasks.schema import atomic_write_text
+from absence_tasks.schema import DOMAINS, atomic_write_text
+from study.experiment import Study, launch, training_record
+from study.plan import (MAX_TRAIN_SECONDS, METHODS, MIN_TRAIN_SECONDS, PLANNED_INSTANCES_PER_SECOND, StudyError,
+                        default_backend)
 from study.plots import sweep_png
-from study.experiment import (DOMAINS, MAX_TRAIN_SECONDS, MIN_TRAIN_SECONDS, PLANNED_INSTANCES_PER_SECOND, Study,
-                              StudyError, default_backend, launch, training_record)
 
-METHODS = ("sft", "contrastive")
 VALIDATION = "validation"
 # Flags the sweep sets itself for every setting: sweeping them would change what the sweep compares.
 RESERVED_FLAGS = {"output_dir", "model_name_or_path", "train_file", "max_train_seconds", "compute_budget_flops",

@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny random Llama checkpoint, the prepared SmolLM2 checkpoint, and killing a training run at its
-first checkpoint."""
+"""Shared fixtures: a tiny random Llama checkpoint, the prepared SmolLM2 checkpoint, a git repository of PR-style
+commits, and killing a training run at its first checkpoint."""
 
 import json
 import os
@@ -20,6 +20,23 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     from absence_tasks.models import tiny_llama_checkpoint
 
     return tiny_llama_checkpoint(tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def git_repo(tmp_path_factory) -> Path:
+    """A real repository with PR-style commits (subjects ending in (#N)) of a small Python file: a PR source
+    that neither the embedded records nor any training pool holds."""
+    repo = tmp_path_factory.mktemp("repo")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(git + ["init", "-q", "-b", "main"], check=True)
+    body = [f"value_{i} = {i * 7}" for i in range(40)]
+    for n in range(12):
+        for i in range(n % 3, 40, 3):
+            body[i] = f"value_{i} = {i * 7 + n + 1}  # revision {n}"
+        (repo / "values.py").write_text("\n".join(body) + "\n")
+        subprocess.run(git + ["add", "values.py"], check=True)
+        subprocess.run(git + ["commit", "-q", "-m", f"Revise values round {n} (#{100 + n})"], check=True)
+    return repo
 
 
 @pytest.fixture(scope="session")

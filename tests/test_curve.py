@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from absence_tasks.schema import read_jsonl
-from study.experiment import DOMAINS
+from absence_tasks.schema import DOMAINS
 
 ROOT = Path(__file__).resolve().parent.parent
 

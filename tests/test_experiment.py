@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from study.experiment import PLANNED_INSTANCES_PER_SECOND, make_plan
+from study.plan import PLANNED_INSTANCES_PER_SECOND, make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def _study_command(model: Path, out: Path) -> list[str]:
             "--curve_instances_per_domain", "1"]
 
 
-def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, tmp_path):
+def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, git_repo, tmp_path):
     out = tmp_path / "study"
     env = {**os.environ, "REVERSE_NEEDLE_CACHE": str(tmp_path / "cache")}
     first = subprocess.Popen(_study_command(tiny_llama_dir, out), cwd=ROOT, env=env, start_new_session=True,
@@ -108,6 +108,29 @@ def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, tmp_
                            text=True, timeout=120)
     assert third.returncode == 0 and third.stderr.count("done before, skipped") == 15
 
+    # Transfer: the same command with a held-out file (PRs of a repository the training pool never held, in
+    # upstream AbsenceBench's format) scores every model on it and pairs them there too; nothing is retrained.
+    heldout = tmp_path / "widgets_prs.jsonl"
+    subprocess.run([sys.executable, "-m", "absence_tasks.cli", "generate", "--domain", "github_prs", "--split", "train",
+                    "--n", "2", "--git-repo", str(git_repo), "--format", "upstream",
+                    "--out", str(heldout)], cwd=ROOT, env=env, check=True, capture_output=True)
+    fourth = subprocess.run(_study_command(tiny_llama_dir, out)[:3] + ["--heldout", f"github_prs={heldout}"]
+                            + _study_command(tiny_llama_dir, out)[3:], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert fourth.returncode == 0, fourth.stderr[-4000:]
+    assert fourth.stderr.count("done before, skipped") == 14 and "stage 19/20 heldout-github_prs-sft-continued ..." \
+        in fourth.stderr
+    board = json.loads((out / "leaderboard.json").read_text())
+    transfer = [row for row in board["rows"] if row["suite"]["description"].startswith(f"data_file {heldout};")]
+    assert sorted(row["model"] for row in transfer) == sorted(f"tiny-llama-{name}" for name in (
+        "zero-shot", "sft", "contrastive", "rl", "sft-continued"))
+    assert all(set(row["tasks"]) == {"absence_github_prs"} for row in transfer)
+    transfer_suite = transfer[0]["suite"]["id"]
+    assert sorted((c["row_a"]["model"], c["row_b"]["model"]) for c in board["comparisons"]
+                  if c["row_a"]["suite_id"] == transfer_suite) == sorted(pairs)
+    assert all(c["task"] == "absence_github_prs" for c in board["comparisons"] if c["row_a"]["suite_id"] == transfer_suite)
+    assert len(board["comparisons"]) == 6
+
 
 def test_bad_model_path_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "study"
@@ -116,9 +139,17 @@ def test_bad_model_path_is_one_line_and_writes_nothing(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "config.json" in result.stderr
     assert not out.exists()
+    from absence_tasks.generate import generate_instances
+    from absence_tasks.schema import write_jsonl
+
+    numbers = tmp_path / "numbers.jsonl"
+    write_jsonl(numbers, generate_instances("numerical", "omission", 1, "test", seed=0, progress=False))
     for flags, named in [(["--rl-minutes", "5", "--rl-config", str(tmp_path / "no.yaml")], "no.yaml: no such file"),
                          (["--rl-config", __file__], "--rl-config needs --rl-minutes"),
-                         (["--methods", "contrastive"], "--methods must include sft")]:
+                         (["--methods", "contrastive"], "--methods must include sft"),
+                         (["--heldout", str(numbers)], "expected DOMAIN=FILE"),
+                         (["--heldout", f"github_prs={tmp_path / 'no.jsonl'}"], "no.jsonl: no such file"),
+                         (["--heldout", f"github_prs={numbers}"], "holds numerical/omission instances")]:
         result = subprocess.run([sys.executable, "-m", "study.experiment", "--out", str(out), *flags], cwd=ROOT,
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and named in result.stderr
@@ -128,12 +159,12 @@ def test_bad_model_path_is_one_line_and_writes_nothing(tmp_path):
 def test_a_plan_binds_only_once_its_study_has_finished_a_stage(tmp_path):
     import argparse
 
-    from study.experiment import StudyError, load_or_make_plan
+    from study.plan import StudyError, load_or_make_plan
 
-    def args(minutes: float) -> argparse.Namespace:
+    def args(minutes: float, heldout: tuple[str, ...] = ()) -> argparse.Namespace:
         return argparse.Namespace(train_minutes=minutes, backend="hf", seed=0, n_eval=100, n_eval_placeholder=30,
                                   train_domains=["numerical"], rl_minutes=0, rl_config=None,
-                                  methods=["sft", "contrastive"], pass_at_k_instances=10)
+                                  methods=["sft", "contrastive"], pass_at_k_instances=10, heldout=list(heldout))
 
     assert load_or_make_plan(tmp_path, args(15)).train_seconds == 900
     # Nothing ran yet: a corrected command replaces the plan.
@@ -143,12 +174,27 @@ def test_a_plan_binds_only_once_its_study_has_finished_a_stage(tmp_path):
     (tmp_path / "stages" / "model.json").write_text("{}")
     with pytest.raises(StudyError, match="planned for --train-minutes 20 --n-eval 100"):
         load_or_make_plan(tmp_path, args(30))
+    # A held-out file only adds evaluations: a bound (even a published) study may gain one, never swap it.
+    from absence_tasks.generate import generate_instances
+    from absence_tasks.schema import write_jsonl
+
+    poems, other = tmp_path / "poems.jsonl", tmp_path / "other_poems.jsonl"
+    write_jsonl(poems, generate_instances("poetry", "omission", 2, "test", seed=0, progress=False))
+    write_jsonl(other, generate_instances("poetry", "omission", 2, "test", seed=1, progress=False))
+    (tmp_path / "stages" / "publish.json").write_text("{}")
+    assert load_or_make_plan(tmp_path, args(20, [f"poetry={poems}"])).heldout == (("poetry", str(poems)),)
+    assert json.loads((tmp_path / "plan.json").read_text())["heldout"] == [["poetry", str(poems)]]
+    assert not (tmp_path / "stages" / "publish.json").exists()  # published again, with the new rows
+    assert load_or_make_plan(tmp_path, args(20, [f"poetry={poems}"])).heldout == (("poetry", str(poems)),)
+    with pytest.raises(StudyError, match=f"scores poetry on {poems}"):
+        load_or_make_plan(tmp_path, args(20, [f"poetry={other}"]))
     with pytest.raises(StudyError, match="outside"):
         make_plan(99999 * 3600, "hf", seed=0)
 
 
 def test_methods_choose_the_arms_trained_from_the_base_model(tmp_path):
-    from study.experiment import Study, StudyError
+    from study.experiment import Study
+    from study.plan import StudyError
 
     plan = make_plan(600, "hf", 0, rl_seconds=600, methods=("sft",))
     assert plan.trained == ("sft", "rl", "sft-continued")

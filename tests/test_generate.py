@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import subprocess
 
 import pytest
 
@@ -20,22 +19,6 @@ def assert_oracle_solves(instances):
     for inst in instances:
         score = score_response(inst, oracle_answer(inst))
         assert score.f1 == 1.0, (inst.id, score)
-
-
-@pytest.fixture(scope="module")
-def git_repo(tmp_path_factory):
-    """A real repository with PR-style commits of a small Python file."""
-    repo = tmp_path_factory.mktemp("repo")
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run(git + ["init", "-q", "-b", "main"], check=True)
-    body = [f"value_{i} = {i * 7}" for i in range(40)]
-    for n in range(12):
-        for i in range(n % 3, 40, 3):
-            body[i] = f"value_{i} = {i * 7 + n + 1}  # revision {n}"
-        (repo / "values.py").write_text("\n".join(body) + "\n")
-        subprocess.run(git + ["add", "values.py"], check=True)
-        subprocess.run(git + ["commit", "-q", "-m", f"Revise values round {n} (#{100 + n})"], check=True)
-    return repo
 
 
 @pytest.mark.parametrize("domain", DOMAINS)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from study.experiment import DOMAINS, StudyError
+from absence_tasks.schema import DOMAINS
+from study.plan import StudyError
 from study.sweep import parse_settings, setting_name
 
 ROOT = Path(__file__).resolve().parent.parent
