@@ -2,6 +2,8 @@
 
     python -m study.experiment --train-minutes 3 --n-eval 20 --n-eval-placeholder 0 --out runs/quick
     python -m study.experiment --train-minutes 30 --out runs/study        # the real study
+    python -m study.experiment --train-minutes 30 --out runs/confirm --contrastive-budget flops time \
+        --contrastive-setting "lambda_seq=1 lambda_gap=0" --contrastive-setting "lambda_probe=1 lambda_gap=0"
 
 Stages, in order, each a separate process where it loads a model (so a crash or a kill loses only that
 stage, and vLLM gets a fresh process):
@@ -11,7 +13,8 @@ stage, and vLLM gets a fresh process):
                  splits by a hash of each source, so no test document's source is trained on
     sft          python -m trainers.sft for a wall-time budget (its FLOPs are counted)
     contrastive  python -m trainers.contrastive with --compute_budget_flops = what SFT used: equal compute
-                 (left out with --methods sft)
+                 (left out with --methods sft). One arm per --contrastive-setting (its own trainer flags, in
+                 its name), each at SFT's FLOPs and/or, with --contrastive-budget time, at SFT's wall time
     rl           with --rl-minutes M only: python -m trainers.rl from the SFT checkpoint for M minutes
     sft-continued  ... and the SFT checkpoint trained on with SFT for the FLOPs RL used: equal *additional*
                  compute, the row RL is paired against
@@ -23,7 +26,8 @@ stage, and vLLM gets a fresh process):
                  instances (ours or upstream AbsenceBench's JSONL, through the tasks' data_file switch): transfer
                  to a source the training never saw, e.g. PRs mined from another repository
     publish      leaderboard JSON (+ the AbsenceBench paper's reported rows), the paired bootstrap tests
-                 contrastive vs SFT (and rl vs sft-continued) on the test suite and on each held-out file,
+                 SFT vs zero-shot, each contrastive arm vs SFT (Holm-adjusted together when there are several)
+                 and rl vs sft-continued, on the test suite and on each held-out file,
                  Markdown, HTML page, plots, a headless-Chromium screenshot
 
 A finished stage writes `stages/<name>.json`; running the same command again skips finished stages,
@@ -49,8 +53,8 @@ from typing import Any
 from absence_tasks.io import check_output_folder, run_command
 from absence_tasks.io import atomic_write_bytes
 from absence_tasks.schema import DOMAINS, atomic_write_text
-from study.plan import (METHODS, PASS_AT_K_SAMPLES, Plan, StudyError, check_methods, load_or_make_plan,
-                        parse_heldout)
+from study.plan import (BUDGETS, METHODS, PASS_AT_K_SAMPLES, Arm, Plan, StudyError, check_methods,
+                        load_or_make_plan, parse_contrastive_settings, parse_heldout, setting_flags)
 from study.plots import learning_curve_png
 
 
@@ -75,6 +79,7 @@ class Study:
             raise StudyError("--rl-config needs --rl-minutes")
         check_methods(getattr(args, "methods", METHODS))
         parse_heldout(getattr(args, "heldout", None) or [])
+        parse_contrastive_settings(getattr(args, "contrastive_setting", None) or [])
 
     def log(self, message: str) -> None:
         elapsed = time.time() - self.started
@@ -134,10 +139,11 @@ class Study:
                 "test_instances_per_placeholder_task": self.plan.n_eval_placeholder}
 
     def train(self, method: str, name: str | None = None, train_file: Path | None = None,
-              run_args: list[str] | None = None, start: Path | None = None) -> dict:
+              run_args: list[str] | None = None, start: Path | None = None, flags: list[str] | None = None) -> dict:
         """`python -m trainers.<method>` from `start` (default: the base model) into models/<name>; `run_args`
-        say how long and how fast it trains (default: the study's budgets: SFT for a wall time, contrastive for
-        the FLOPs SFT used). RL draws its own short documents (its default), the others the train split."""
+        say how long and how fast it trains (default: the study's budgets: SFT for a wall time, RL for its own).
+        RL draws its own short documents (its default), the others the train split. `flags`, a run's own
+        setting, come after the extra flags every trainer gets, so they win."""
         output = self.out / "models" / (name or method)
         data = [] if method == "rl" else ["--train_file", str(train_file or self.out / "data" / "train.jsonl")]
         args = [sys.executable, "-m", f"trainers.{method}", "--model_name_or_path", str(start or self.model),
@@ -151,7 +157,7 @@ class Study:
 
         if last_complete_checkpoint(output):
             args += ["--resume_from_checkpoint", "last"]
-        self.command(args + self.extra_train_args)
+        self.command(args + self.extra_train_args + (flags or []))
         compute = training_record(output)["compute"]
         return {"flops": compute["flops"], "tokens_trained": compute["tokens_trained"],
                 "instances_trained": compute["instances_trained"]}
@@ -168,7 +174,17 @@ class Study:
             # the trainer's HF sampling, which took 33 minutes for 30 instances x 8 answers on 2 AVX2-only cores.
             return args + config + ["--max_train_seconds", str(self.plan.rl_seconds),
                                     "--pass_at_k_instances_per_domain", "0"]
-        return args + ["--compute_budget_flops", str(training_record(self.out / "models" / "sft")["compute"]["flops"])]
+        raise StudyError(f"no study budget for method {method!r}")
+
+    def arm_args(self, arm: Arm) -> list[str]:
+        """A contrastive arm's budget: the FLOPs SFT counted (equal compute), or SFT's wall time (equal time)."""
+        if arm.budget == "time":
+            return ["--num_train_epochs", "100", "--max_train_seconds", str(self.plan.train_seconds)]
+        flops = training_record(self.out / "models" / "sft")["compute"]["flops"]
+        return ["--num_train_epochs", "100", "--compute_budget_flops", str(flops)]
+
+    def train_arm(self, arm: Arm) -> dict:
+        return self.train("contrastive", arm.name, run_args=self.arm_args(arm), flags=setting_flags(arm.setting))
 
     def continue_sft(self) -> dict:
         """SFT from the SFT checkpoint for the FLOPs RL spent: the same start and the same extra compute."""
@@ -247,7 +263,7 @@ class Study:
         lb = [sys.executable, "-m", "leaderboard"]
 
         def row(name: str) -> list[str]:
-            method = "sft" if name == "sft-continued" else name
+            method = "oracle" if name == "oracle" else self.plan.method_of(name)
             return ["--method", method, "--model-name",
                     "difflib-oracle" if name == "oracle" else f"{self.model_label}-{name}"]
 
@@ -260,12 +276,15 @@ class Study:
         self.command(lb + ["add-reported", "--out", str(board)])
         # Did training teach anything (SFT against the model it started from), and does a method beat the row
         # trained at its compute: on the same instances, of the test suite and of each held-out file.
-        suites = [({"data_dir": str(self.out / "data" / "suite")}, [])]
-        suites += [({"data_file": path}, ["--task", f"absence_{domain}"]) for domain, path in self.plan.heldout]
-        for metadata, task in suites:
-            for a, b in self.plan.paired:
+        # Several contrastive arms against SFT on one data suite are one family: Holm-adjusted together.
+        suites = [({"data_dir": str(self.out / "data" / "suite")}, [], "contrastive arms")]
+        suites += [({"data_file": path}, ["--task", f"absence_{domain}"], f"contrastive arms, held-out {domain}")
+                   for domain, path in self.plan.heldout]
+        for metadata, task, family in suites:
+            for a, b, in_family in self.plan.paired:
                 self.command(lb + ["compare", str(board), self.row_selector(board, a, metadata),
-                                   self.row_selector(board, b, metadata), *task])
+                                   self.row_selector(board, b, metadata), *task,
+                                   *(["--family", family] if in_family else [])])
         if self.plan.rl_seconds:
             for name in ("sft", "rl"):  # the stages' own record, in the log beside the comparison
                 group = json.loads(self.marker(f"pass-at-k-{name}").read_text())["pass_at_k"]["absencebench_pass_at_k"]
@@ -273,7 +292,7 @@ class Study:
                          f"{PASS_AT_K_SAMPLES} samples): " + ", ".join(f"{k.replace('_at_', '@')} {v:.1f}" for k, v in group.items()))
         self.command(lb + ["render", str(board), "--out", str(self.out / "page"), "--screenshot"])
         curves = {name: training_record(self.out / "models" / name).get("learning_curve") or []
-                  for name in self.plan.methods}
+                  for name in ("sft", *(arm.name for arm in self.plan.arms))}
         if any(curves.values()):
             atomic_write_bytes(self.out / "page" / "learning_curve.png", learning_curve_png(curves))
         return {"leaderboard": str(board), "page": str(self.out / "page" / "index.html")}
@@ -296,7 +315,8 @@ class Study:
         heldout = [(f"heldout-{domain}-{n}", lambda d=domain, p=path, n=n: self.evaluate_heldout(d, p, n))
                    for domain, path in self.plan.heldout for n in ("zero-shot", *self.plan.trained)]
         return [("model", self.prepare_model), ("data", self.build_data),
-                *[(m, lambda m=m: self.train(m)) for m in self.plan.methods], *rl,
+                ("sft", lambda: self.train("sft")), *[(arm.name, lambda a=arm: self.train_arm(a)) for arm in self.plan.arms],
+                *rl,
                 *[(f"eval-{n}", lambda n=n: self.evaluate(n)) for n in ("oracle", "zero-shot", *self.plan.trained)],
                 *[(f"pass-at-k-{n}", lambda n=n: self.pass_at_k(n)) for n in (("sft", "rl") if self.plan.rl_seconds else ())],
                 *heldout, ("publish", self.publish)]
@@ -362,6 +382,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="methods trained from the base model (default: both); sft is required, e.g. "
                              "--methods sft --rl-minutes 30 for RL against SFT continued alone")
+    parser.add_argument("--contrastive-setting", action="append", default=[], metavar="\"FLAG=V FLAG=V\"",
+                        help="a contrastive arm with these python -m trainers.contrastive flags (repeatable: one arm "
+                             "each, paired against SFT and Holm-adjusted together; default: one arm with the "
+                             "trainer's defaults), e.g. \"lambda_seq=1 lambda_gap=0\"")
+    parser.add_argument("--contrastive-budget", nargs="+", choices=BUDGETS, default=["flops"],
+                        help="each arm trains for the FLOPs SFT counted (flops: equal compute, the default), for "
+                             "SFT's wall time (time: equal time; its name ends in -equal-time), or both (two arms)")
     parser.add_argument("--heldout", action="append", default=[], metavar="DOMAIN=FILE",
                         help="also score zero-shot and every trained model on this file's omission instances (ours or "
                              "upstream AbsenceBench's JSONL; one per domain, repeatable), with the paired tests: "
@@ -392,7 +419,7 @@ def launch(args: argparse.Namespace, plan_loader, study_class: type[Study]) -> i
         study.log(f"plan: {json.dumps(asdict(plan))}")
         if isinstance(plan, Plan):
             study.log(f"estimated {plan.estimated_seconds() / 60:.0f} min: training "
-                      f"{(len(plan.methods) * plan.train_seconds + 2 * plan.rl_seconds) / 60:.0f} min, the rest "
+                      f"{((1 + len(plan.arms)) * plan.train_seconds + 2 * plan.rl_seconds) / 60:.0f} min, the rest "
                       f"evaluation")
         study.run()
 

@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,13 +36,10 @@ from absence_tasks.io import atomic_write_bytes
 from absence_tasks.schema import DOMAINS, atomic_write_text
 from study.experiment import Study, launch, training_record
 from study.plan import (MAX_TRAIN_SECONDS, METHODS, MIN_TRAIN_SECONDS, PLANNED_INSTANCES_PER_SECOND, StudyError,
-                        default_backend)
+                        default_backend, setting_flags, setting_name, setting_pair)
 from study.plots import sweep_png
 
 VALIDATION = "validation"
-# Flags the sweep sets itself for every setting: sweeping them would change what the sweep compares.
-RESERVED_FLAGS = {"output_dir", "model_name_or_path", "train_file", "max_train_seconds", "compute_budget_flops",
-                  "resume_from_checkpoint", "num_train_epochs", "max_steps", "config"}
 # Without a time budget to size it from, the train split holds this many instances per domain (a 40-minute run).
 DEFAULT_N_TRAIN = 360
 FAMILY = "sweep"
@@ -71,12 +67,6 @@ class SweepPlan:
         return [setting_name(setting) for setting in self.settings]
 
 
-def setting_name(setting: tuple[tuple[str, str], ...]) -> str:
-    """A setting's folder and row name: `learning_rate-0.0003+lambda_seq-0`. Only characters that survive
-    lm-eval's `--model_args` (no comma, no `=`) and a file system."""
-    return "+".join(f"{flag}-{re.sub(r'[^A-Za-z0-9_.-]', '-', value)}" for flag, value in setting)
-
-
 def parse_settings(grid: list[str], settings: list[str], method: str) -> tuple[tuple[tuple[str, str], ...], ...]:
     """The product of the `--grid` lists, then each `--setting`; every flag checked against the method's
     trainer options (a typo would otherwise train a whole run with the default)."""
@@ -97,19 +87,6 @@ def parse_settings(grid: list[str], settings: list[str], method: str) -> tuple[t
     return tuple(out)
 
 
-def setting_pair(text: str, where: str, method: str) -> tuple[str, str]:
-    """`FLAG=VALUE` as (flag, value), the flag one the method's trainer has and the sweep does not set itself."""
-    flag, sep, value = text.partition("=")
-    flag = flag.strip().removeprefix("--")
-    if not sep or not flag or not value.strip():
-        raise StudyError(f"{where} {text!r}: expected FLAG=VALUE")
-    if flag in RESERVED_FLAGS:
-        raise StudyError(f"{where} {text!r}: --{flag} is set by the sweep for every setting")
-    if flag not in trainer_flags(method):
-        raise StudyError(f"{where} {text!r}: python -m trainers.{method} has no option --{flag}")
-    return flag, value.strip()
-
-
 def baseline_name(text: str | None, settings: tuple[tuple[tuple[str, str], ...], ...], method: str) -> str | None:
     """The `--baseline` setting's name; it must be one of the settings swept."""
     if text is None:
@@ -118,14 +95,6 @@ def baseline_name(text: str | None, settings: tuple[tuple[tuple[str, str], ...],
     if name not in [setting_name(s) for s in settings]:
         raise StudyError(f"--baseline {text!r} is not one of the settings swept; give it as a --setting too")
     return name
-
-
-def trainer_flags(method: str) -> set[str]:
-    """Every option of `python -m trainers.<method>` (its TrlParser's dataclasses)."""
-    from trainers.config import AbsenceModelConfig, AbsenceSFTConfig, ContrastiveConfig, ScriptArguments
-
-    config = ContrastiveConfig if method == "contrastive" else AbsenceSFTConfig
-    return {f.name for cls in (AbsenceModelConfig, ScriptArguments, config) for f in dataclasses.fields(cls)}
 
 
 class Sweep(Study):
@@ -153,13 +122,9 @@ class Sweep(Study):
     def train_setting(self, setting: tuple[tuple[str, str], ...]) -> dict:
         budget = (["--max_train_seconds", str(self.plan.train_seconds)] if self.plan.train_seconds
                   else ["--compute_budget_flops", str(self.plan.budget_flops)])
-        flags = [token for flag, value in setting for token in (f"--{flag}", *value.split(","))]
         # The setting's flags come last, so they win over the shared extra flags given after `--`.
-        extra, self.extra_train_args = self.extra_train_args, [*self.extra_train_args, *flags]
-        try:
-            return self.train(self.plan.method, setting_name(setting), run_args=["--num_train_epochs", "100", *budget])
-        finally:
-            self.extra_train_args = extra
+        return self.train(self.plan.method, setting_name(setting), run_args=["--num_train_epochs", "100", *budget],
+                          flags=setting_flags(setting))
 
     def eval_dtype(self) -> str:
         # The precision the first setting's trainer measured faster on this machine (Study reads models/sft).

@@ -1,6 +1,7 @@
 """The study command end to end on a tiny random Llama (HF backend): killed in the middle of SFT
-training, run again, it resumes that training, skips finished stages, trains RL and SFT-continued from the
-SFT checkpoint at equal additional FLOPs, and publishes the leaderboard."""
+training, run again, it resumes that training, skips finished stages, trains the contrastive arm at SFT's
+FLOPs and at its wall time, RL and SFT-continued from the SFT checkpoint at equal additional FLOPs, publishes
+the leaderboard, and scores every model on a held-out file when asked."""
 
 import json
 import os
@@ -35,7 +36,8 @@ def _study_command(model: Path, out: Path) -> list[str]:
     rl_config.write_text("max_completion_length: 24\n")
     return [sys.executable, "-m", "study.experiment", "--model", str(model), "--out", str(out),
             "--backend", "hf", "--n-eval", "1", "--n-eval-placeholder", "1", "--train-minutes", "0.2",
-            "--rl-minutes", "0.2", "--rl-config", str(rl_config), "--pass-at-k-instances", "1", "--",
+            "--rl-minutes", "0.2", "--rl-config", str(rl_config), "--pass-at-k-instances", "1",
+            "--contrastive-budget", "flops", "time", "--",
             "--gradient_accumulation_steps", "1", "--save_steps", "1", "--max_length", "3000",
             "--curve_instances_per_domain", "1"]
 
@@ -58,7 +60,7 @@ def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, git_
     second = subprocess.run(_study_command(tiny_llama_dir, out), cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-4000:]
-    assert "stage 2/15 data: done before, skipped" in second.stderr
+    assert "stage 2/17 data: done before, skipped" in second.stderr
     assert json.loads((out / "stages" / "data.json").read_text()) == data_marker
 
     from trainers.card import read_model_card
@@ -69,6 +71,9 @@ def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, git_
     # Equal compute: contrastive trains until it has spent SFT's FLOPs (and stops within one step of it).
     assert contrastive["compute"]["budget_flops"] == sft["compute"]["flops"]
     assert contrastive["compute"]["flops"] >= sft["compute"]["flops"]
+    # Equal time: the same arm trains for SFT's wall time instead.
+    equal_time = read_model_card(out / "models" / "contrastive-equal-time")
+    assert equal_time["compute"]["stopped_by_time"] and equal_time["compute"].get("budget_flops") is None
 
     # RL from the SFT checkpoint for its wall time; SFT continued from the same checkpoint for RL's FLOPs.
     rl, continued = read_model_card(out / "models" / "rl"), read_model_card(out / "models" / "sft-continued")
@@ -92,7 +97,10 @@ def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, git_
     assert oracle["average"]["value"] == 1.0
     pairs = {(c["row_a"]["model"], c["row_b"]["model"]) for c in board["comparisons"]}
     assert pairs == {("tiny-llama-sft", "tiny-llama-zero-shot"), ("tiny-llama-contrastive", "tiny-llama-sft"),
-                     ("tiny-llama-rl", "tiny-llama-sft-continued")}
+                     ("tiny-llama-contrastive-equal-time", "tiny-llama-sft"), ("tiny-llama-rl", "tiny-llama-sft-continued")}
+    # The two arms against SFT are one family, Holm-adjusted together.
+    arms = [c for c in board["comparisons"] if c.get("family") == "contrastive arms"]
+    assert len(arms) == 2 and all(c["p_holm"] >= c["p_value"] for c in arms)
     assert {row["model"] for row in board["rows"] if row["method"] == "sft"} == {"tiny-llama-sft",
                                                                                  "tiny-llama-sft-continued"}
     sft_row = next(row for row in board["rows"] if row["model"] == "tiny-llama-sft")
@@ -106,7 +114,7 @@ def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, git_
     # A finished study run again does nothing but say so.
     third = subprocess.run(_study_command(tiny_llama_dir, out), cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=120)
-    assert third.returncode == 0 and third.stderr.count("done before, skipped") == 15
+    assert third.returncode == 0 and third.stderr.count("done before, skipped") == 17
 
     # Transfer: the same command with a held-out file (PRs of a repository the training pool never held, in
     # upstream AbsenceBench's format) scores every model on it and pairs them there too; nothing is retrained.
@@ -118,18 +126,18 @@ def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, git_
                             + _study_command(tiny_llama_dir, out)[3:], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=600)
     assert fourth.returncode == 0, fourth.stderr[-4000:]
-    assert fourth.stderr.count("done before, skipped") == 14 and "stage 19/20 heldout-github_prs-sft-continued ..." \
+    assert fourth.stderr.count("done before, skipped") == 16 and "stage 22/23 heldout-github_prs-sft-continued ..." \
         in fourth.stderr
     board = json.loads((out / "leaderboard.json").read_text())
     transfer = [row for row in board["rows"] if row["suite"]["description"].startswith(f"data_file {heldout};")]
     assert sorted(row["model"] for row in transfer) == sorted(f"tiny-llama-{name}" for name in (
-        "zero-shot", "sft", "contrastive", "rl", "sft-continued"))
+        "zero-shot", "sft", "contrastive", "contrastive-equal-time", "rl", "sft-continued"))
     assert all(set(row["tasks"]) == {"absence_github_prs"} for row in transfer)
     transfer_suite = transfer[0]["suite"]["id"]
     assert sorted((c["row_a"]["model"], c["row_b"]["model"]) for c in board["comparisons"]
                   if c["row_a"]["suite_id"] == transfer_suite) == sorted(pairs)
     assert all(c["task"] == "absence_github_prs" for c in board["comparisons"] if c["row_a"]["suite_id"] == transfer_suite)
-    assert len(board["comparisons"]) == 6
+    assert len(board["comparisons"]) == 8
 
 
 def test_bad_model_path_is_one_line_and_writes_nothing(tmp_path):
@@ -164,7 +172,8 @@ def test_a_plan_binds_only_once_its_study_has_finished_a_stage(tmp_path):
     def args(minutes: float, heldout: tuple[str, ...] = ()) -> argparse.Namespace:
         return argparse.Namespace(train_minutes=minutes, backend="hf", seed=0, n_eval=100, n_eval_placeholder=30,
                                   train_domains=["numerical"], rl_minutes=0, rl_config=None,
-                                  methods=["sft", "contrastive"], pass_at_k_instances=10, heldout=list(heldout))
+                                  methods=["sft", "contrastive"], pass_at_k_instances=10, heldout=list(heldout),
+                                  contrastive_setting=[], contrastive_budget=["flops"])
 
     assert load_or_make_plan(tmp_path, args(15)).train_seconds == 900
     # Nothing ran yet: a corrected command replaces the plan.
@@ -205,6 +214,37 @@ def test_methods_choose_the_arms_trained_from_the_base_model(tmp_path):
     assert make_plan(600, "hf", 0, methods=("contrastive", "sft")).methods == ("sft", "contrastive")
     with pytest.raises(StudyError, match="must include sft"):
         make_plan(600, "hf", 0, methods=("contrastive",))
+
+
+def test_contrastive_arms_each_get_their_flags_and_budget(tmp_path):
+    import shutil
+
+    from study.experiment import Study
+    from study.plan import StudyError, parse_contrastive_settings
+
+    settings = parse_contrastive_settings(["lambda_seq=1 lambda_gap=0", "hard_negative_kinds=shortest_line,changed_line"])
+    plan = make_plan(600, "hf", 0, contrastive_settings=settings, contrastive_budgets=("time", "flops"))
+    names = ["contrastive-lambda_seq-1+lambda_gap-0", "contrastive-lambda_seq-1+lambda_gap-0-equal-time",
+             "contrastive-hard_negative_kinds-shortest_line-changed_line",
+             "contrastive-hard_negative_kinds-shortest_line-changed_line-equal-time"]
+    assert [arm.name for arm in plan.arms] == names and plan.trained == ("sft", *names)
+    assert {plan.method_of(name) for name in names} == {"contrastive"} and plan.method_of("sft-continued") == "sft"
+    assert plan.paired == [("sft", "zero-shot", False), *[(name, "sft", True) for name in names]]
+    study = Study(tmp_path, plan, None, ["--learning_rate", "5e-5"])
+    stages = [name for name, _ in study.stages()]
+    assert stages[:7] == ["model", "data", "sft", *names] and f"eval-{names[-1]}" in stages
+    shutil.copytree(ROOT / "results" / "study-30m" / "models" / "sft", tmp_path / "models" / "sft")  # SFT's record
+    flops = json.loads((tmp_path / "models" / "sft" / "training_record.json").read_text())["compute"]["flops"]
+    by_name = {arm.name: arm for arm in plan.arms}
+    assert study.arm_args(by_name[names[0]]) == ["--num_train_epochs", "100", "--compute_budget_flops", str(flops)]
+    assert study.arm_args(by_name[names[1]]) == ["--num_train_epochs", "100", "--max_train_seconds", str(plan.train_seconds)]
+    # The default: one arm, the trainer's defaults at SFT's FLOPs, named as before.
+    assert [arm.name for arm in make_plan(600, "hf", 0).arms] == ["contrastive"]
+    assert make_plan(600, "hf", 0).paired[1] == ("contrastive", "sft", False)
+    with pytest.raises(StudyError, match="has no option --lambda_sequence"):
+        parse_contrastive_settings(["lambda_sequence=1"])
+    with pytest.raises(StudyError, match="needs the contrastive method"):
+        make_plan(600, "hf", 0, methods=("sft",), contrastive_settings=settings)
 
 
 def test_vllm_evaluates_in_the_precision_sft_measured_faster(tmp_path):

@@ -34,7 +34,7 @@ def test_settings_are_the_grid_product_then_each_setting():
 
 @pytest.mark.parametrize("grid, setting, message", [
     (["lambda_seq=0,1"], [], "--grid 'lambda_seq=0,1': python -m trainers.sft has no option --lambda_seq"),
-    (["output_dir=a"], [], "--grid 'output_dir=a': --output_dir is set by the sweep for every setting"),
+    (["output_dir=a"], [], "--grid 'output_dir=a': --output_dir is set for every run by the command itself"),
     ([], ["learning_rate"], "--setting 'learning_rate': expected FLAG=VALUE"),
     ([], [], 'nothing to sweep: give --grid FLAG=V1,V2 or --setting "FLAG=V ..."'),
     (["learning_rate=1e-4"], ["learning_rate=1e-4"], "setting 'learning_rate-1e-4' is given twice"),
