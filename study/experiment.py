@@ -214,6 +214,8 @@ class Study:
     def evaluate_heldout(self, domain: str, data_file: str, name: str) -> dict:
         """lm-eval on a held-out file's omission instances (the tasks' `data_file` switch) into
         eval/heldout-<domain>/<name>: zero-shot (the base model) or models/<name>."""
+        from absence_tasks.models import file_sha256
+
         model = self.model if name == "zero-shot" else self.out / "models" / name
         settings: dict[str, Any] = {"data_file": data_file, **({"scratchpad": True} if walks_first(model) else {})}
         self.lm_eval(model, (f"absence_{domain}",), settings, self.out / "eval" / f"heldout-{domain}" / name,
@@ -335,12 +337,6 @@ def training_record(model_dir: Path) -> dict[str, Any]:
     if not (model_dir / "README.md").is_file():
         raise StudyError(f"{model_dir}: no finished model (model card missing); rerun to resume its training")
     return read_model_card(model_dir)
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def walks_first(model_dir: Path) -> bool:
