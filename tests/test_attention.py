@@ -229,10 +229,13 @@ def _one_error_line(stderr: str) -> str:
 
 def test_cli_end_to_end_writes_summary_figures_and_comparison(tiny_llama_dir, cli_data, tmp_path, capsys):
     instance_ids = [json.loads(line)["id"] for line in cli_data.read_text().splitlines()]
-    scores = tmp_path / "scores.jsonl"
-    scores.write_text("".join(json.dumps({"id": i, "f1": k / 10}) + "\n" for k, i in enumerate(instance_ids)))
+    # The scores in both formats --scores reads: absence-bench score --out, and lm-eval's --log_samples.
+    scores, samples = tmp_path / "scores.jsonl", tmp_path / "samples_absence_poetry.jsonl"
+    scores.write_text("".join(json.dumps({"id": i, "f1": k / 10}) + "\n" for k, i in enumerate(instance_ids[:5])))
+    samples.write_text("".join(json.dumps({"doc_id": k, "doc": {"id": i}, "f1": (k + 5) / 10}) + "\n"
+                               for k, i in enumerate(instance_ids[5:])))
     args = ["--model", str(tiny_llama_dir), "--data", str(cli_data), "--generate", "--max-new-tokens", "2",
-            "--scores", str(scores), "--baseline-draws", "8", "--bootstrap", "200", "--strips", "1"]
+            "--scores", str(scores), str(samples), "--baseline-draws", "8", "--bootstrap", "200", "--strips", "1"]
     runs = [tmp_path / "run-a", tmp_path / "run-b"]
     for out in runs:
         assert attention_cli.main(args + ["--out", str(out)]) == 0
@@ -272,6 +275,13 @@ def test_cli_end_to_end_writes_summary_figures_and_comparison(tiny_llama_dir, cl
     assert (compared / "comparison.png").read_bytes().startswith(b"\x89PNG")
     table = json.loads((compared / "comparison.json").read_text())
     assert [run["label"] for run in table["runs"]] == [tiny_llama_dir.name] * 2
+    assert "difference_from_first" not in table["runs"][0]["groups"]["overall"]
+    for name, group in table["runs"][1]["groups"].items():
+        assert group["f1_correlation"] == summary["groups"][name]["f1_correlation"]
+        for kind in ("flank", "omitted"):
+            # The same model on the same instances with the same seed: every paired difference is exactly 0.
+            assert group["difference_from_first"][kind] == {"n": 9 if name == "overall" else 3,
+                                                            "mean_difference": 0.0, "ci": [0.0, 0.0], "p_value": 1.0}
 
 
 def test_cli_bad_model_path_exits_2_with_one_line_and_no_output(cli_data, tmp_path):
@@ -293,10 +303,13 @@ def test_cli_bad_inputs_exit_2_with_one_line_and_no_output(tiny_llama_dir, cli_d
     broken.write_text(cli_data.read_text().splitlines()[0] + "\n{not json\n")
     bad_scores = tmp_path / "scores.jsonl"
     bad_scores.write_text('{"id": "x", "f1": "high"}\n')
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text('{"id": "x", "f1": 0.5}\n{"doc": {"id": "x"}, "f1": 0.25}\n')
     cases = [
         (["--model", str(not_a_model), "--data", str(cli_data)], str(not_a_model)),
         (["--model", str(tiny_llama_dir), "--data", str(broken)], f"{broken}:2"),
         (["--model", str(tiny_llama_dir), "--data", str(cli_data), "--scores", str(bad_scores)], f"{bad_scores}:1"),
+        (["--model", str(tiny_llama_dir), "--data", str(cli_data), "--scores", str(twice)], f"{twice}:2"),
     ]
     for args, named in cases:
         assert attention_cli.main(args + ["--out", str(out)]) == 2

@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="generation budget with --generate")
     parser.add_argument("--label", help="name of this checkpoint in figures (default: the model folder's name)")
     parser.add_argument("--no-chat-template", action="store_true", help="feed the raw prompt, no chat template")
-    parser.add_argument("--scores", help="per-instance scores JSONL (absence-bench score --out) to correlate with")
+    parser.add_argument("--scores", nargs="+", metavar="FILE",
+                        help="per-instance F1 to correlate with: `absence-bench score --out` JSONL or lm-eval "
+                             "--log_samples files (samples_<task>_*.jsonl, one per task)")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the baseline draws and the bootstrap")
     parser.add_argument("--baseline-draws", type=int, default=DEFAULTS.baseline_draws,
                         help="random position sets per instance")

@@ -23,7 +23,7 @@ from absence_tasks.schema import DOMAINS, DataError, atomic_write_text, iter_jso
 from analysis.attention.figures import heatmap_grid, safe_file_part, strip_figure
 from analysis.attention.positions import GapPositions, gap_document_is_original, gap_positions
 from analysis.common import CONFIDENCE_LEVEL, check_output_dir, json_ready, load_model, save_figure, select_instances
-from leaderboard.stats import bootstrap_ci
+from leaderboard.stats import bootstrap_ci, paired_bootstrap
 
 MEASURES = ("flank", "omitted")
 MEASURE_DESCRIPTIONS = {
@@ -205,17 +205,24 @@ def summarize_measure(ratios: np.ndarray, rng: np.random.Generator, n_resamples:
 
 # ---- the analysis run ----------------------------------------------------------------------------
 
-def read_f1_scores(path: str | os.PathLike) -> dict[str, float]:
-    """Per-instance F1 keyed by id, from a JSONL of {id, f1, ...} (`absence-bench score --out`)."""
-    scores = {}
-    for lineno, record in iter_json_records(path):
-        identifier, f1 = record.get("id"), record.get("f1")
-        if (not isinstance(identifier, (str, int)) or isinstance(f1, bool) or not isinstance(f1, (int, float))
-                or not math.isfinite(f1)):
-            raise DataError(f"{path}:{lineno}: a score record needs an 'id' and a numeric 'f1'")
-        scores[str(identifier)] = float(f1)
+def read_f1_scores(paths: Sequence[str | os.PathLike]) -> dict[str, float]:
+    """Per-instance F1 keyed by id, from JSONL files of `absence-bench score --out` ({id, f1, ...}) or of
+    lm-eval's `--log_samples` ({doc: {id, ...}, f1, ...}; one file per task, so several may be given)."""
+    scores: dict[str, float] = {}
+    for path in paths:
+        for lineno, record in iter_json_records(path):
+            doc = record.get("doc")
+            identifier = doc.get("id") if isinstance(doc, dict) else record.get("id")
+            f1 = record.get("f1")
+            if (not isinstance(identifier, (str, int)) or isinstance(f1, bool) or not isinstance(f1, (int, float))
+                    or not math.isfinite(f1)):
+                raise DataError(f"{path}:{lineno}: a score record needs an 'id' (or lm-eval's 'doc' with one) "
+                                f"and a numeric 'f1'")
+            if str(identifier) in scores:
+                raise DataError(f"{path}:{lineno}: instance {identifier} already has a score")
+            scores[str(identifier)] = float(f1)
     if not scores:
-        raise DataError(f"{path}: no score records in file")
+        raise DataError(f"{', '.join(map(str, paths))}: no score records")
     return scores
 
 
@@ -238,7 +245,7 @@ class AttentionOptions:
     max_new_tokens: int = 64
     label: str | None = None  # the checkpoint's name in figures (default: its folder's name)
     no_chat_template: bool = False
-    scores: str | None = None  # per-instance scores JSONL to correlate the ratios with
+    scores: Sequence[str] | None = None  # per-instance score files to correlate the ratios with
     seed: int = 0
     baseline_draws: int = 32
     bootstrap: int = 1000
@@ -271,9 +278,9 @@ def run_analysis(args: AttentionOptions) -> dict[str, Any]:
     if args.scores:
         f1_by_id = read_f1_scores(args.scores)
         if not {i.id for i in instances} & set(f1_by_id):
-            raise DataError(f"{args.scores}: none of its ids is among the {len(instances)} analysed instances of "
-                            f"{args.data}")
-        f1_source = f"scores file {args.scores}"
+            raise DataError(f"{', '.join(args.scores)}: none of their ids is among the {len(instances)} analysed "
+                            f"instances of {args.data}")
+        f1_source = f"scores {', '.join(args.scores)}"
     elif args.generate:
         f1_source = f"greedy generation here (max {args.max_new_tokens} new tokens)"
 
@@ -396,7 +403,9 @@ def read_summary(directory: str | os.PathLike) -> dict[str, Any]:
 
 def run_compare(directories: Sequence[str], out_dir: str | os.PathLike) -> dict[str, Any]:
     """comparison.png: one row per group (overall, then each domain), a pair of columns (flank, omitted)
-    per run, all on one colour scale; comparison.json: the runs' mean-over-heads ratios and best heads."""
+    per run, all on one colour scale; comparison.json: per run and group the mean-over-heads ratios, best
+    heads and F1 correlations, and for every run after the first its paired difference from the first
+    (per-instance mean-over-heads ratio, over the instances both analysed: does training move it?)."""
     out = Path(out_dir)
     check_output_dir(out)
     summaries = [read_summary(d) for d in directories]
@@ -406,12 +415,37 @@ def run_compare(directories: Sequence[str], out_dir: str | os.PathLike) -> dict[
                None if summary["groups"].get(name) is None else summary["groups"][name][measure]["mean_ratio"])
               for summary in summaries for measure in MEASURES]
              for name in group_names]
-    table = {"runs": [{"label": s["label"], "model": s.get("model"), "directory": str(d),
-                       "groups": {name: {measure: g[measure]["mean_over_heads"] | {"best_head": g[measure]["best_head"]}
-                                         for measure in MEASURES}
-                                  for name, g in s["groups"].items()}}
-                      for s, d in zip(summaries, directories)]}
+    runs = []
+    for index, (summary, directory) in enumerate(zip(summaries, directories)):
+        groups = {}
+        for name, group in summary["groups"].items():
+            groups[name] = {measure: group[measure]["mean_over_heads"] | {"best_head": group[measure]["best_head"]}
+                            for measure in MEASURES}
+            if "f1_correlation" in group:
+                groups[name]["f1_correlation"] = group["f1_correlation"]
+            if index:
+                groups[name]["difference_from_first"] = {
+                    measure: paired_ratio_difference(summaries[0], summary, name, measure) for measure in MEASURES}
+        runs.append({"label": summary["label"], "model": summary.get("model"), "directory": str(directory),
+                     "groups": groups})
+    table = {"first": summaries[0]["label"], "runs": runs}
     out.mkdir(parents=True, exist_ok=True)
     save_figure(heatmap_grid(cells, "gap-attention ratio by checkpoint"), out / "comparison.png")
     atomic_write_text(out / "comparison.json", json.dumps(json_ready(table), indent=2, ensure_ascii=False) + "\n")
     return table
+
+
+def paired_ratio_difference(first: dict[str, Any], other: dict[str, Any], group: str, measure: str,
+                            n_resamples: int = 10_000) -> dict[str, Any] | None:
+    """Mean of other - first over the instances of `group` both runs measured (finite per-instance
+    mean-over-heads ratios), with a paired bootstrap CI and p-value; None when they share none."""
+    def ratios(summary: dict[str, Any]) -> dict[str, float]:
+        return {str(r["id"]): float(r[f"ratio_{measure}"]) for r in summary.get("instances", [])
+                if (group == "overall" or r.get("domain") == group)
+                and isinstance(r.get(f"ratio_{measure}"), (int, float)) and math.isfinite(r[f"ratio_{measure}"])}
+    a, b = ratios(other), ratios(first)
+    if not set(a) & set(b):
+        return None
+    difference = paired_bootstrap(a, b, n_resamples, seed=zlib.crc32(f"compare/{group}/{measure}".encode()))
+    return {"n": difference.n, "mean_difference": difference.mean_difference,
+            "ci": [difference.ci_low, difference.ci_high], "p_value": difference.p_value}
