@@ -13,6 +13,8 @@ machine — and is scored with lm-eval on a validation set whose sources are nei
 suite the studies report, so a setting picked here has never seen the test suite. The base model is scored
 on it too (`zero-shot`). The same command with more settings extends a finished sweep: only the new ones
 are trained and scored, and the sweep is published again over all of them, so an ablation grows run by run.
+With a larger `--n-val` every model is scored again on the larger validation set (which begins with the
+smaller one; nothing is retrained, and the answers given before come from lm-eval's request cache).
 
 `publish` writes the leaderboard of the validation rows (with a paired bootstrap of every setting against the
 best one, Holm-adjusted over the sweep, and with `--baseline SETTING` against that setting too — an ablation's
@@ -243,14 +245,22 @@ def load_or_make_plan(out: Path, args: argparse.Namespace) -> SweepPlan:
                             "train_domains": tuple(stored["train_domains"])})
         if asdict(plan) == asdict(asked):
             return plan
-        extends = (asdict(dataclasses.replace(plan, settings=asked.settings, baseline=asked.baseline)) == asdict(asked)
-                   and set(plan.names) <= set(asked.names))
+        extends = (asdict(dataclasses.replace(plan, settings=asked.settings, baseline=asked.baseline,
+                                              n_val=asked.n_val)) == asdict(asked)
+                   and set(plan.names) <= set(asked.names) and asked.n_val >= plan.n_val)
         if not extends:
             raise StudyError(f"{path}: this sweep was planned otherwise (method {plan.method}, settings "
-                             f"{', '.join(plan.names)}); a sweep may gain settings, nothing else: use another --out "
-                             f"for a different sweep")
+                             f"{', '.join(plan.names)}, {plan.n_val} validation instances per domain); a sweep may "
+                             f"gain settings and validation instances, nothing else: use another --out for a "
+                             f"different sweep")
         # The finished settings keep their models and scores; publishing is redone over all of them.
         (out / "stages" / "publish.json").unlink(missing_ok=True)
+        if asked.n_val > plan.n_val:
+            # A larger validation set starts with the smaller one (generation is prefix-stable per seed): the data
+            # stage and every evaluation run again, the models stay, and lm-eval's request cache answers the
+            # instances scored before. The newest lm-eval results in an eval folder are the ones published.
+            for marker in ["data", *(f"eval-{name}" for name in ("zero-shot", *plan.names))]:
+                (out / "stages" / f"{marker}.json").unlink(missing_ok=True)
     atomic_write_text(path, json.dumps(asdict(asked), indent=2) + "\n")
     return asked
 

@@ -87,8 +87,8 @@ def test_sweep_trains_each_setting_scores_it_on_validation_and_picks_the_best(ti
     assert changed.returncode == 2
     assert changed.stderr.strip().splitlines() == [
         f"sweep: error: {out / 'plan.json'}: this sweep was planned otherwise (method sft, settings "
-        f"learning_rate-1e-4, learning_rate-1e-2); a sweep may gain settings, nothing else: use another --out "
-        f"for a different sweep"]
+        f"learning_rate-1e-4, learning_rate-1e-2, 1 validation instances per domain); a sweep may gain settings "
+        f"and validation instances, nothing else: use another --out for a different sweep"]
 
     # Extended by one setting, with a control: only the new setting is trained and scored, all are published.
     extended = subprocess.run(_sweep_command(tiny_llama_dir, out, "--grid", "learning_rate=1e-4,1e-2", "--setting",
@@ -107,6 +107,29 @@ def test_sweep_trains_each_setting_scores_it_on_validation_and_picks_the_best(ti
         assert (setting["minus_baseline"] is None) == (setting["name"] == "learning_rate-1e-2")
     families = {c["family"] for c in board["comparisons"]}
     assert families == ({"sweep"} if summary["best"] == "learning_rate-1e-2" else {"sweep", "baseline"})
+
+    # A larger validation set: nothing is retrained, every model is scored again on it (the first instance
+    # of each domain is the one scored before), all are published on it.
+    model_files = {p: p.read_bytes() for p in (out / "models").rglob("*.safetensors")}
+    first_validation = {p.name: p.read_text().splitlines() for p in (out / "data" / "validation").iterdir()}
+    train_bytes = (out / "data" / "train.jsonl").read_bytes()
+    three = _sweep_command(tiny_llama_dir, out, "--grid", "learning_rate=1e-4,1e-2", "--setting",
+                           "learning_rate=3e-3", "--baseline", "learning_rate=1e-2")
+    at = three.index("--n-val") + 1
+    grown = subprocess.run([*three[:at], "2", *three[at + 1:]], cwd=ROOT, capture_output=True, text=True,
+                           timeout=900)
+    assert grown.returncode == 0, grown.stderr[-4000:]
+    assert grown.stderr.count("done before, skipped") == 4  # the model and the three trainings
+    assert {p: p.read_bytes() for p in (out / "models").rglob("*.safetensors")} == model_files
+    assert (out / "data" / "train.jsonl").read_bytes() == train_bytes
+    for path in (out / "data" / "validation").iterdir():
+        lines = path.read_text().splitlines()
+        assert len(lines) == 2 and lines[:1] == first_validation[path.name]
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert {task["n_instances"] for row in board["rows"] for task in row["tasks"].values()} == {2}
+    assert json.loads((out / "sweep.json").read_text())["validation_instances_per_domain"] == 2
+    shrunk = subprocess.run(three, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert shrunk.returncode == 2 and "a sweep may gain settings and validation instances" in shrunk.stderr
 
 
 def test_a_flag_the_trainer_lacks_stops_the_sweep_before_anything_is_written(tiny_llama_dir, tmp_path):
