@@ -109,6 +109,21 @@ def test_bootstrap_ci_and_correlations():
     assert np.isnan(measure.correlation([1, 1, 1, 1], [1, 2, 3, 4])["pearson"])
 
 
+
+def test_ratios_are_averaged_as_logarithms_so_one_near_empty_baseline_does_not_dominate():
+    # [instances, layers, heads] = [3, 1, 2]: head 0 is 4, 1/4 and 1; head 1 is 1 except one instance at 10,000
+    # (its baseline got almost no attention) and one where the baseline got none at all (NaN: left out).
+    ratios = np.array([[[4.0, 1.0]], [[0.25, 10_000.0]], [[1.0, np.nan]]])
+    summary = measure.summarize_measure(ratios, np.random.default_rng(0), 200)
+    assert summary["mean_ratio"][0] == pytest.approx([1.0, 100.0])  # geometric: (4 · 1/4 · 1)^(1/3), (1 · 10^4)^(1/2)
+    assert (summary["best_head"]["layer"], summary["best_head"]["head"]) == (0, 1)
+    assert summary["best_head"]["n"] == 2
+    # Over heads, then over instances: 2, 50 and 1 -> 100^(1/3).
+    assert summary["mean_over_heads"]["ratio"] == pytest.approx(100 ** (1 / 3))
+    low, high = summary["mean_over_heads"]["ci"]
+    assert 1.0 - 1e-9 <= low <= summary["mean_over_heads"]["ratio"] <= high <= 50.0 + 1e-9  # within the values
+    assert np.isnan(measure.log_ratios([0.0, -1.0, np.nan])).all()
+
 # ---- where the gaps are --------------------------------------------------------------------------------
 
 def test_find_gaps_on_hand_built_instances():
@@ -281,7 +296,7 @@ def test_cli_end_to_end_writes_summary_figures_and_comparison(tiny_llama_dir, cl
         for kind in ("flank", "omitted"):
             # The same model on the same instances with the same seed: every paired difference is exactly 0.
             assert group["difference_from_first"][kind] == {"n": 9 if name == "overall" else 3,
-                                                            "mean_difference": 0.0, "ci": [0.0, 0.0], "p_value": 1.0}
+                                                            "factor": 1.0, "ci": [1.0, 1.0], "p_value": 1.0}
 
 
 def test_cli_bad_model_path_exits_2_with_one_line_and_no_output(cli_data, tmp_path):

@@ -25,7 +25,9 @@ is averaged over these queries. The **gap-attention ratio** divides it by the ma
 put on an equal number of random tokens of the same document (the gap document for ``flank``, the
 other one for ``omitted``; the measured tokens themselves are avoided while the document has enough
 others), averaged over several seeded draws: 1.0 means no preference for the gap, above 1 means the
-head looks there.
+head looks there. Ratios are averaged as logarithms (geometric means over heads and over instances): a
+head whose random baseline got almost no attention has a ratio in the thousands, which an arithmetic
+mean would let outweigh everything else.
 
 Memory stays bounded by one layer's attention over a chunk of the prompt: the prompt minus its last
 token is prefilled in chunks into the KV cache without returning attentions, and only the answer-side

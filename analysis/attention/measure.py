@@ -184,21 +184,38 @@ def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
             "spearman": float(scipy.stats.spearmanr(x, y).statistic)}
 
 
+def log_ratios(ratios: np.ndarray) -> np.ndarray:
+    """log(ratio), NaN where the ratio is NaN or not positive. Ratios are averaged as logarithms (geometric
+    means): a head or instance whose baseline got almost no attention has a ratio in the thousands, which
+    would outweigh every other in an arithmetic mean."""
+    ratios = np.asarray(ratios, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ratios > 0, np.log(ratios), np.nan)
+
+
+def _exp_ci(ci: tuple[float, float] | None) -> list[float] | None:
+    return None if ci is None else [math.exp(ci[0]), math.exp(ci[1])]
+
+
 def summarize_measure(ratios: np.ndarray, rng: np.random.Generator, n_resamples: int) -> dict[str, Any]:
-    """Aggregate one measure's per-instance [n, layers, heads] ratios."""
-    mean_ratio = _nanmean(ratios, axis=0)
-    per_instance = _nanmean(ratios.reshape(len(ratios), -1), axis=1)
+    """Aggregate one measure's per-instance [n, layers, heads] ratios: geometric means over instances per head
+    (`mean_ratio`), the head with the highest, and over instances of each instance's geometric mean over heads
+    (`mean_over_heads`), each with a bootstrap CI."""
+    logs = log_ratios(ratios)
+    mean_log = _nanmean(logs, axis=0)  # [layers, heads]
+    per_instance = _nanmean(logs.reshape(len(logs), -1), axis=1)  # [n]
     best_head = None
-    if np.isfinite(mean_ratio).any():
-        layer, head = np.unravel_index(int(np.nanargmax(mean_ratio)), mean_ratio.shape)
-        head_values = ratios[:, layer, head]
-        best_head = {"layer": int(layer), "head": int(head), "ratio": float(mean_ratio[layer, head]),
-                     "ci": finite_mean_ci(head_values, rng, n_resamples),
+    if np.isfinite(mean_log).any():
+        layer, head = np.unravel_index(int(np.nanargmax(mean_log)), mean_log.shape)
+        head_values = logs[:, layer, head]
+        best_head = {"layer": int(layer), "head": int(head), "ratio": float(np.exp(mean_log[layer, head])),
+                     "ci": _exp_ci(finite_mean_ci(head_values, rng, n_resamples)),
                      "n": int(np.isfinite(head_values).sum())}
     return {
-        "mean_ratio": mean_ratio.tolist(),
+        "mean_ratio": np.exp(mean_log).tolist(),
         "best_head": best_head,
-        "mean_over_heads": {"ratio": float(_nanmean(per_instance)), "ci": finite_mean_ci(per_instance, rng, n_resamples),
+        "mean_over_heads": {"ratio": float(np.exp(_nanmean(per_instance))),
+                            "ci": _exp_ci(finite_mean_ci(per_instance, rng, n_resamples)),
                             "n": int(np.isfinite(per_instance).sum())},
     }
 
@@ -315,7 +332,7 @@ def run_analysis(args: AttentionOptions) -> dict[str, Any]:
             "id": instance.id, "domain": instance.domain, "variant": instance.variant,
             "n_tokens": len(where.input_ids), "n_queries": result.n_queries, "n_gaps": where.n_gaps,
             "n_flank_tokens": int(where.flank.size), "n_omitted_tokens": int(where.omitted.size),
-            "ratio_flank": float(_nanmean(ratios["flank"])), "ratio_omitted": float(_nanmean(ratios["omitted"])),
+            **{f"ratio_{m}": float(np.exp(_nanmean(log_ratios(ratios[m])))) for m in MEASURES},  # geometric
             "mass_flank": float(result.masses[..., 0].mean()), "mass_omitted": float(result.masses[..., 2].mean()),
         }
         if args.generate:
@@ -345,7 +362,8 @@ def run_analysis(args: AttentionOptions) -> dict[str, Any]:
             summary[measure] = summarize_measure(stacked[measure][members], rng, args.bootstrap)
         if f1_source is not None:
             f1 = [math.nan if records[i]["f1"] is None else records[i]["f1"] for i in members]
-            summary["f1_correlation"] = {measure: correlation([records[i][f"ratio_{measure}"] for i in members], f1)
+            summary["f1_correlation"] = {measure: correlation(log_ratios([records[i][f"ratio_{measure}"]
+                                                                          for i in members]), f1)
                                          for measure in MEASURES}
         group_summaries[name] = summary
 
@@ -404,8 +422,8 @@ def read_summary(directory: str | os.PathLike) -> dict[str, Any]:
 def run_compare(directories: Sequence[str], out_dir: str | os.PathLike) -> dict[str, Any]:
     """comparison.png: one row per group (overall, then each domain), a pair of columns (flank, omitted)
     per run, all on one colour scale; comparison.json: per run and group the mean-over-heads ratios, best
-    heads and F1 correlations, and for every run after the first its paired difference from the first
-    (per-instance mean-over-heads ratio, over the instances both analysed: does training move it?)."""
+    heads and F1 correlations, and for every run after the first how many times the first run's ratio its
+    ratio is, paired over the instances both analysed (does training move it?)."""
     out = Path(out_dir)
     check_output_dir(out)
     summaries = [read_summary(d) for d in directories]
@@ -437,15 +455,17 @@ def run_compare(directories: Sequence[str], out_dir: str | os.PathLike) -> dict[
 
 def paired_ratio_difference(first: dict[str, Any], other: dict[str, Any], group: str, measure: str,
                             n_resamples: int = 10_000) -> dict[str, Any] | None:
-    """Mean of other - first over the instances of `group` both runs measured (finite per-instance
-    mean-over-heads ratios), with a paired bootstrap CI and p-value; None when they share none."""
-    def ratios(summary: dict[str, Any]) -> dict[str, float]:
-        return {str(r["id"]): float(r[f"ratio_{measure}"]) for r in summary.get("instances", [])
-                if (group == "overall" or r.get("domain") == group)
-                and isinstance(r.get(f"ratio_{measure}"), (int, float)) and math.isfinite(r[f"ratio_{measure}"])}
-    a, b = ratios(other), ratios(first)
+    """How many times the first run's ratio the other's is, over the instances of `group` both measured: the
+    mean of log(other) - log(first) per instance (each one's geometric mean over heads), paired bootstrap CI
+    and p-value, reported as factors (1.0 = unchanged); None when they share no instance."""
+    def logs(summary: dict[str, Any]) -> dict[str, float]:
+        values = {str(r["id"]): r.get(f"ratio_{measure}") for r in summary.get("instances", [])
+                  if group == "overall" or r.get("domain") == group}
+        return {i: math.log(v) for i, v in values.items()
+                if isinstance(v, (int, float)) and math.isfinite(v) and v > 0}
+    a, b = logs(other), logs(first)
     if not set(a) & set(b):
         return None
     difference = paired_bootstrap(a, b, n_resamples, seed=zlib.crc32(f"compare/{group}/{measure}".encode()))
-    return {"n": difference.n, "mean_difference": difference.mean_difference,
-            "ci": [difference.ci_low, difference.ci_high], "p_value": difference.p_value}
+    return {"n": difference.n, "factor": math.exp(difference.mean_difference),
+            "ci": [math.exp(difference.ci_low), math.exp(difference.ci_high)], "p_value": difference.p_value}
