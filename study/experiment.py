@@ -60,6 +60,7 @@ from study.plots import learning_curve_png
 
 class Study:
     program = "experiment"  # what its log lines and errors start with
+    first_trained = "sft"  # the model whose measured precision every later training and the evaluation use
 
     def __init__(self, out: Path, plan: Plan, model: Path | None, extra_train_args: list[str]):
         self.out, self.plan, self.extra_train_args = out, plan, extra_train_args
@@ -153,6 +154,7 @@ class Study:
                 "--curve_instances_per_domain", str(self.plan.curve_instances_per_domain),
                 "--curve_every_steps", str(self.plan.curve_every_steps)]  # the rest: the trainers' recipe
         args += self.budget_args(method) if run_args is None else run_args
+        args += self.pinned_precision(output)
         from trainers.run import last_complete_checkpoint
 
         if last_complete_checkpoint(output):
@@ -192,11 +194,23 @@ class Study:
         return self.train("sft", "sft-continued", start=self.out / "models" / "sft",
                           run_args=["--num_train_epochs", "100", "--compute_budget_flops", str(flops)])
 
+    def measured_precision(self) -> str | None:
+        """The precision ("bf16" or "fp32") the first trained model's trainer measured faster on this machine in
+        this run (bf16 autocast trained 2x faster than fp32 on an EPYC with avx512_bf16, 16x slower on an
+        AVX2-only one); None before it has trained."""
+        record = self.out / "models" / self.first_trained / "training_record.json"
+        return (training_record(record.parent).get("precision") or {}).get("chosen") if record.is_file() else None
+
+    def pinned_precision(self, output: Path) -> list[str]:
+        """Every training after the first runs in the precision the first measured: one measurement per study,
+        since runs compared with each other should not differ in precision, and a start-up measurement on a
+        busy machine can come out the other way. Extra flags and a run's own setting come later and win."""
+        chosen = self.measured_precision()
+        return ["--precision", chosen] if chosen and output != self.out / "models" / self.first_trained else []
+
     def eval_dtype(self) -> str:
-        """vLLM's dtype: the precision the SFT trainer measured faster on this machine in this run (bf16
-        autocast trained 2x faster than fp32 on an EPYC with avx512_bf16, 16x slower on an AVX2-only one)."""
-        precision = training_record(self.out / "models" / "sft").get("precision") or {}
-        return "bfloat16" if precision.get("chosen") == "bf16" else "float32"
+        """vLLM's dtype: the precision the training measured faster."""
+        return "bfloat16" if self.measured_precision() == "bf16" else "float32"
 
     def evaluate(self, name: str, model: Path | None = None, groups: tuple[str, ...] | None = None) -> dict:
         """lm-eval on the test suite into eval/<name>: the oracle, or a model (default: the base model for

@@ -9,7 +9,7 @@ Each setting is a set of trainer flags (`--grid KEY=V1,V2,...` sweeps the produc
 `--setting "KEY=V KEY=V"` adds one setting). Every setting trains a fresh copy of the base model with the
 trainers' recipe on the same train split (the study's length curriculum, the same seed and data order) for
 the same budget — a training wall time, or a FLOP budget, which does not depend on what else runs on the
-machine — and is scored with lm-eval on a validation set whose sources are neither trained on nor in the test
+machine — in the precision the first setting's trainer measured faster, and is scored with lm-eval on a validation set whose sources are neither trained on nor in the test
 suite the studies report, so a setting picked here has never seen the test suite. The base model is scored
 on it too (`zero-shot`). The same command with more settings extends a finished sweep: only the new ones
 are trained and scored, and the sweep is published again over all of them, so an ablation grows run by run.
@@ -103,6 +103,10 @@ class Sweep(Study):
     """A `Study` whose trained models are one method under several settings, scored on the validation split."""
     program = "sweep"
 
+    @property
+    def first_trained(self) -> str:  # whose measured precision the other settings and the evaluation use
+        return self.plan.names[0]
+
     @staticmethod
     def check_args(args: argparse.Namespace) -> None:
         settings_and_budget(args)
@@ -127,11 +131,6 @@ class Sweep(Study):
         # The setting's flags come last, so they win over the shared extra flags given after `--`.
         return self.train(self.plan.method, setting_name(setting), run_args=["--num_train_epochs", "100", *budget],
                           flags=setting_flags(setting))
-
-    def eval_dtype(self) -> str:
-        # The precision the first setting's trainer measured faster on this machine (Study reads models/sft).
-        precision = training_record(self.out / "models" / self.plan.names[0]).get("precision") or {}
-        return "bfloat16" if precision.get("chosen") == "bf16" else "float32"
 
     def evaluate(self, name: str, model: Path | None = None, groups: tuple[str, ...] | None = None) -> dict:
         output = self.out / "eval" / name

@@ -75,6 +75,13 @@ def test_study_killed_during_training_resumes_and_publishes(tiny_llama_dir, git_
     equal_time = read_model_card(out / "models" / "contrastive-equal-time")
     assert equal_time["compute"]["stopped_by_time"] and equal_time["compute"].get("budget_flops") is None
 
+    # One precision measurement per study (SFT's); every later training is told to use it.
+    from study.experiment import training_record
+
+    chosen = training_record(out / "models" / "sft")["precision"]["chosen"]
+    for name in ("contrastive", "contrastive-equal-time", "rl", "sft-continued"):
+        assert training_record(out / "models" / name)["precision"]["requested"] == chosen, name
+
     # RL from the SFT checkpoint for its wall time; SFT continued from the same checkpoint for RL's FLOPs.
     rl, continued = read_model_card(out / "models" / "rl"), read_model_card(out / "models" / "sft-continued")
     assert rl["model_args"]["model_name_or_path"] == continued["model_args"]["model_name_or_path"] == str(

@@ -51,6 +51,7 @@ def test_sweep_trains_each_setting_scores_it_on_validation_and_picks_the_best(ti
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-4000:]
 
+    from study.experiment import training_record
     from trainers.card import read_model_card
 
     names = ["learning_rate-1e-4", "learning_rate-1e-2"]
@@ -59,6 +60,10 @@ def test_sweep_trains_each_setting_scores_it_on_validation_and_picks_the_best(ti
     for card in cards.values():  # the same budget and the same data for every setting
         assert card["compute"]["budget_flops"] == 1e9 and card["compute"]["flops"] >= 1e9
         assert card["data"]["sha256"] == cards[names[0]]["data"]["sha256"]
+    # One precision measurement per sweep: the first setting's; the others are told to use it.
+    precisions = [training_record(out / "models" / name)["precision"] for name in names]
+    assert precisions[0]["requested"] == "auto" and precisions[0]["chosen"] in ("bf16", "fp32")
+    assert precisions[1]["requested"] == precisions[1]["chosen"] == precisions[0]["chosen"]
     assert sorted(p.name for p in (out / "data" / "validation").iterdir()) == \
         sorted(f"{d}_omission_validation.jsonl" for d in DOMAINS)
 
