@@ -198,8 +198,10 @@ class Study:
         """The precision ("bf16" or "fp32") the first trained model's trainer measured faster on this machine in
         this run (bf16 autocast trained 2x faster than fp32 on an EPYC with avx512_bf16, 16x slower on an
         AVX2-only one); None before it has trained."""
-        record = self.out / "models" / self.first_trained / "training_record.json"
-        return (training_record(record.parent).get("precision") or {}).get("chosen") if record.is_file() else None
+        first = self.out / "models" / self.first_trained
+        if not (first / "training_record.json").is_file():
+            return None
+        return (training_record(first).get("precision") or {}).get("chosen")
 
     def pinned_precision(self, output: Path) -> list[str]:
         """Every training after the first runs in the precision the first measured: one measurement per study,

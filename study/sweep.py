@@ -9,8 +9,9 @@ Each setting is a set of trainer flags (`--grid KEY=V1,V2,...` sweeps the produc
 `--setting "KEY=V KEY=V"` adds one setting). Every setting trains a fresh copy of the base model with the
 trainers' recipe on the same train split (the study's length curriculum, the same seed and data order) for
 the same budget — a training wall time, or a FLOP budget, which does not depend on what else runs on the
-machine — in the precision the first setting's trainer measured faster, and is scored with lm-eval on a validation set whose sources are neither trained on nor in the test
-suite the studies report, so a setting picked here has never seen the test suite. The base model is scored
+machine — in the precision the first setting's trainer measured faster, and is scored with lm-eval on a
+validation set whose sources are neither trained on nor in the test suite the studies report, so a setting
+picked here has never seen the test suite. The base model is scored
 on it too (`zero-shot`). The same command with more settings extends a finished sweep: only the new ones
 are trained and scored, and the sweep is published again over all of them, so an ablation grows run by run.
 With a larger `--n-val` every model is scored again on the larger validation set (which begins with the

@@ -446,7 +446,7 @@ def run_compare(directories: Sequence[str], out_dir: str | os.PathLike) -> dict[
                     measure: paired_ratio_difference(summaries[0], summary, name, measure) for measure in MEASURES}
         runs.append({"label": summary["label"], "model": summary.get("model"), "directory": str(directory),
                      "groups": groups})
-    table = {"first": summaries[0]["label"], "runs": runs}
+    table = {"runs": runs}
     out.mkdir(parents=True, exist_ok=True)
     save_figure(heatmap_grid(cells, "gap-attention ratio by checkpoint"), out / "comparison.png")
     atomic_write_text(out / "comparison.json", json.dumps(json_ready(table), indent=2, ensure_ascii=False) + "\n")
