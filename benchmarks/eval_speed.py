@@ -14,8 +14,8 @@ study and the README use. vLLM's CPU engine is bound to every core, as `absence-
 The bare loop is the reference for what the hardware allows: the task rows lm-eval would score (same
 `--metadata`), each prompt rendered by the tokenizer's chat template as lm-eval's `--apply_chat_template`
 does, length-sorted batches, one prefill per batch, greedy decoding with a key/value cache until each
-answer hits its row's `max_gen_toks`, an end-of-turn token or the task's stop string. For each path the
-model load is timed apart from the evaluation; the report gives instances/s, mean F1, the ratios
+answer hits its row's `max_gen_toks`, an end-of-turn token or the task's stop string (`greedy_batch`). For
+each path the model load is timed apart from the evaluation; the report gives instances/s, mean F1, the ratios
 `vllm_over_bare` and `hf_over_bare` (instances/s) and how many answers are identical to the bare loop's,
 so a speed-up that changed the answers would show. Each path runs at the dtype that is fastest for it on
 this CPU by default (HF float32: HF generation in bfloat16 had done only 53 of 60 instances after 30 min
@@ -41,23 +41,68 @@ from absence_tasks.lm_eval_models import vllm_cpu_model_args  # noqa: E402
 VLLM_MODEL_ARGS = vllm_cpu_model_args("bfloat16")
 
 
-def task_rows(tasks: list[str], task_manager) -> dict[str, list[dict]]:
-    """The rows lm-eval scores, per task (each carries its `max_gen_toks`)."""
+def task_rows(tasks: list[str], task_manager) -> dict[str, tuple[list[dict], list[str]]]:
+    """The rows lm-eval scores (each carries its `max_gen_toks`) and the stop strings, per task."""
     from lm_eval.tasks import get_task_dict
 
     def leaves(tree):
         for key, value in tree.items():
             yield from leaves(value) if isinstance(value, dict) else [(key, value)]
 
-    return {name if isinstance(name, str) else name.group_name: list(task.test_docs())
+    return {name if isinstance(name, str) else name.group_name:
+            (list(task.test_docs()), list(task.config.generation_kwargs["until"]))
             for name, task in leaves(get_task_dict(tasks, task_manager))}
+
+
+def greedy_batch(model, tokenizer, prompts: list[list[int]], budgets: list[int], stop_ids: set[int],
+                 until: list[list[str]]) -> list[list[int]]:
+    """Greedy answers (token ids) to a batch of prompts: one left-padded prefill, then one decode step per
+    token on the key/value cache. A row stops at an id in `stop_ids` (not kept), at its budget or once its
+    text holds one of its `until` strings; a finished row leaves the batch and its cache, so a batch costs the decode steps
+    its answers need, not the longest answer's steps for every row."""
+    import torch
+    from transformers import DynamicCache
+
+    width = max(len(ids) for ids in prompts)
+    input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in prompts])  # [B, T]
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])  # [B, T]
+    generated = [[] for _ in prompts]
+    cache = DynamicCache()
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position, past_key_values=cache,
+                   use_cache=True).logits[:, -1]  # [B, V]
+    position = position[:, -1:]  # [B, 1]
+    active = list(range(len(prompts)))  # the rows still decoding, in cache order
+    while active:
+        next_ids = logits.argmax(-1)  # [A]
+        keep = []  # positions in `active` of the rows that go on
+        for i, token in enumerate(next_ids.tolist()):
+            row = generated[active[i]]
+            if token in stop_ids:
+                continue
+            row.append(token)
+            tail = tokenizer.decode(row[-8:])
+            if len(row) < budgets[active[i]] and not any(stop in tail for stop in until[active[i]]):
+                keep.append(i)
+        if not keep:
+            break
+        if len(keep) < len(active):
+            index = torch.tensor(keep)
+            cache.batch_select_indices(index)
+            mask, position, next_ids = mask[index], position[index], next_ids[index]
+            active = [active[i] for i in keep]
+        mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype)], dim=1)  # [A, T + 1]
+        position = position + 1
+        logits = model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=position,
+                       past_key_values=cache, use_cache=True).logits[:, -1]  # [A, V]
+    return generated
 
 
 def bare_loop(args, task_manager) -> dict:
     """Plain torch: length-sorted batches, one prefill each, greedy decoding on the key/value cache."""
     import torch
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from absence_tasks.lm_eval_tasks import doc_to_text, process_results
 
@@ -69,50 +114,26 @@ def bare_loop(args, task_manager) -> dict:
     stop_ids = set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
                    else [model.generation_config.eos_token_id])
     stop_ids |= {tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None, tokenizer.unk_token_id}
-    until = "\n\n\n"  # the tasks' stop string (task_configs/_absence_default.yaml)
     loaded = time.perf_counter()
 
-    requests = []  # (task, doc, prompt ids)
-    for task, docs in task_rows(args.tasks, task_manager).items():
+    requests = []  # (task, doc, prompt ids, stop strings)
+    for task, (docs, until) in task_rows(args.tasks, task_manager).items():
         for doc in docs:
             text = tokenizer.apply_chat_template([{"role": "user", "content": doc_to_text(doc)}], tokenize=False,
                                                  add_generation_prompt=True)
-            requests.append((task, doc, tokenizer(text, add_special_tokens=False)["input_ids"]))
+            requests.append((task, doc, tokenizer(text, add_special_tokens=False)["input_ids"], until))
     requests.sort(key=lambda r: len(r[2]))
     answers, f1 = {}, []
     with torch.inference_mode(), tqdm(total=len(requests), desc="bare loop", unit="instance") as bar:
         for first in range(0, len(requests), args.bare_batch_size):
             batch = requests[first:first + args.bare_batch_size]
-            width = max(len(ids) for _, _, ids in batch)
-            # [B, T] left-padded prompts and their mask
-            input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(ids)) + ids for _, _, ids in batch])
-            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, _, ids in batch])
-            budgets = [doc["max_gen_toks"] for _, doc, _ in batch]
-            generated = [[] for _ in batch]
-            done = [False] * len(batch)
-            cache = DynamicCache()
-            position = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position, past_key_values=cache,
-                           use_cache=True).logits[:, -1]  # [B, V]
-            for step in range(max(budgets)):
-                next_ids = logits.argmax(-1)  # [B]
-                for b, token in enumerate(next_ids.tolist()):
-                    if done[b]:
-                        continue
-                    if token in stop_ids:
-                        done[b] = True
-                        continue
-                    generated[b].append(token)
-                    if len(generated[b]) >= budgets[b] or until in tokenizer.decode(generated[b][-8:]):
-                        done[b] = True
-                if all(done):
-                    break
-                mask = torch.cat([mask, torch.ones(len(batch), 1, dtype=mask.dtype)], dim=1)
-                position = position[:, -1:] + 1
-                logits = model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=position,
-                               past_key_values=cache, use_cache=True).logits[:, -1]
-            for (task, doc, _), tokens in zip(batch, generated):
-                answer = tokenizer.decode(tokens, skip_special_tokens=True).split(until)[0]
+            generated = greedy_batch(model, tokenizer, [ids for _, _, ids, _ in batch],
+                                     [doc["max_gen_toks"] for _, doc, _, _ in batch], stop_ids,
+                                     [until for _, _, _, until in batch])
+            for (task, doc, _, until), tokens in zip(batch, generated):
+                answer = tokenizer.decode(tokens, skip_special_tokens=True)
+                for stop in until:
+                    answer = answer.split(stop)[0]
                 answers[(task, doc["id"])] = answer
                 f1.append(process_results(doc, [answer])["f1"])
             bar.update(len(batch))

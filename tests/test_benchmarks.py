@@ -58,3 +58,33 @@ def test_a_folder_without_samples_is_one_error_line(tmp_path):
                              "--out", str(tmp_path / "stop.json")], capture_output=True, text=True)
     assert result.returncode != 0 and result.stderr.strip().count("\n") == 0 and "no lm-eval samples" in result.stderr
     assert not (tmp_path / "stop.json").exists()
+
+
+def test_the_bare_loops_batch_decodes_what_generate_decodes_row_by_row(tiny_llama_dir):
+    """Rows of different prompt lengths and budgets, one of them ended by a stop id: the batch that drops
+    finished rows from its cache answers every row as `generate` answers it alone."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import eval_speed
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"]
+               for text in ("3\n4\n5\n6\n", "the first line\nthe third line\nand the last one, longer\n", "}\n)\n")]
+    budgets = [4, 12, 7]
+
+    def alone(ids, budget, stop_ids):
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=budget, do_sample=False, eos_token_id=sorted(stop_ids) or None,
+                             pad_token_id=tokenizer.pad_token_id)[0, len(ids):].tolist()
+        return [token for token in out if token not in stop_ids]
+
+    free = [alone(ids, budget, set()) for ids, budget in zip(prompts, budgets)]
+    assert [len(tokens) for tokens in free] == budgets
+    stop_ids = {free[1][5]}  # ends the longest row early: the others finish at their budgets or at it
+    expected = [alone(ids, budget, stop_ids) for ids, budget in zip(prompts, budgets)]
+    assert len(expected[1]) <= 5
+    with torch.inference_mode():
+        assert eval_speed.greedy_batch(model, tokenizer, prompts, budgets, stop_ids, [["\n\n\n"]] * 3) == expected
+        assert eval_speed.greedy_batch(model, tokenizer, prompts, budgets, set(), [["\n\n\n"]] * 3) == free
