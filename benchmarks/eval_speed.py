@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from absence_tasks.io import atomic_write_text  # noqa: E402
 from absence_tasks.lm_eval_models import vllm_cpu_model_args  # noqa: E402
+from absence_tasks.models import DEFAULT_CHECKPOINT, prepare_embedded_model  # noqa: E402
 
 # What the study and the README pass to lm-eval's vLLM backend (study/experiment.py, Study.lm_eval).
 VLLM_MODEL_ARGS = vllm_cpu_model_args("bfloat16")
@@ -177,7 +178,8 @@ def lm_eval_path(backend: str, args, task_manager) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "checkpoints" / "smollm2-135m-instruct"))
+    parser.add_argument("--model", default=None,
+                        help="a checkpoint (default: the embedded SmolLM2, converted once into checkpoints/)")
     parser.add_argument("--n", type=int, default=20, help="instances per domain")
     parser.add_argument("--tasks", nargs="+", default=["absencebench"],
                         help="lm-eval task groups (the study's suite: absencebench absencebench_placeholder)")
@@ -189,6 +191,8 @@ def main() -> None:
     parser.add_argument("--hf-batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     args = parser.parse_args()
+    if args.model is None:
+        args.model = str(prepare_embedded_model(ROOT / DEFAULT_CHECKPOINT))
 
     from lm_eval.tasks import TaskManager
 

@@ -39,7 +39,7 @@ from transformers import TrainerCallback
 
 from absence_tasks.generate import default_config
 from absence_tasks.io import atomic_write_text
-from absence_tasks.models import DEFAULT_CHECKPOINT
+from absence_tasks.models import DEFAULT_CHECKPOINT, prepare_embedded_model
 from trainers.accounting import ComputeAccountant, matmul_parameter_count
 from trainers.config import AbsenceSFTConfig, ContrastiveConfig, ScriptArguments
 from trainers.contrastive import build_contrastive_trainer
@@ -149,12 +149,15 @@ def summary(steps: list[tuple[float, int, int]], peak: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--model", default=None,
+                        help="a checkpoint (default: the embedded SmolLM2, converted once into checkpoints/)")
     parser.add_argument("--per_domain", type=int, default=6, help="instances per domain and bucket")
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps not timed, per run")
     parser.add_argument("--matmul_size", type=int, default=2048)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.model is None:
+        args.model = str(prepare_embedded_model(Path(__file__).resolve().parent.parent / DEFAULT_CHECKPOINT))
 
     started = time.time()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
