@@ -177,7 +177,7 @@ def lm_eval_path(backend: str, args, task_manager) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None,
                         help="a checkpoint (default: the embedded SmolLM2, converted once into checkpoints/)")
     parser.add_argument("--n", type=int, default=20, help="instances per domain")

@@ -148,7 +148,7 @@ def summary(steps: list[tuple[float, int, int]], peak: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None,
                         help="a checkpoint (default: the embedded SmolLM2, converted once into checkpoints/)")
     parser.add_argument("--per_domain", type=int, default=6, help="instances per domain and bucket")
