@@ -48,7 +48,8 @@ from trainers.losses import next_token_targets, step_flops, token_cross_entropy
 from trainers.run import load_model, load_tokenizer
 from trainers.sft import build_sft_trainer
 
-RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "train_speed.json"
 DOMAINS = ("numerical", "poetry", "github_prs")
 ACCUMULATION = 2  # micro-batches of one instance per optimizer step, as the recipe's defaults
 
@@ -157,7 +158,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.model is None:
-        args.model = str(prepare_embedded_model(Path(__file__).resolve().parent.parent / DEFAULT_CHECKPOINT))
+        args.model = str(prepare_embedded_model(ROOT / DEFAULT_CHECKPOINT))
 
     started = time.time()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
