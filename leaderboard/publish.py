@@ -251,6 +251,8 @@ def training_budget(path: Path, record: dict[str, Any]) -> dict[str, Any]:
         budget["optimizer_steps"] = record["global_step"]
     if isinstance(compute.get("instances_trained"), int):  # cards from before it was counted have none
         budget["instances"] = compute["instances_trained"]
+    if isinstance(compute.get("stopped_by"), list):  # the budgets that ended the run; [] = its data or steps did
+        budget["stopped_by"] = [str(name) for name in compute["stopped_by"]]
     if (start := starting_checkpoint(record)) is not None:
         budget["started_from"] = start
     return budget

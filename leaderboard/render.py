@@ -142,7 +142,8 @@ def comparison_label(comparison: dict[str, Any], side: str) -> str:
 def efficiency_series(doc: dict[str, Any]) -> dict[str, dict[str, list[tuple[int, dict[str, Any]]]]]:
     """suite id -> method -> [(training instances, row)] by instances, for each suite on which a trained
     method has rows at two or more numbers of training instances (older rows without the count are left
-    out, and so are runs started from a trained checkpoint: their counts are not from the base model). The
+    out; so are runs started from a trained checkpoint, whose counts are not from the base model, and runs
+    a FLOP or time budget stopped, whose counts say where the budget fell, not how much data they had). The
     suite's zero-shot row, when it has exactly one, is every series' point at 0."""
     series: dict[str, dict[str, list[tuple[int, dict[str, Any]]]]] = {}
     for suite in dict.fromkeys(row["suite"]["id"] for row in measured_rows(doc)):
@@ -151,7 +152,7 @@ def efficiency_series(doc: dict[str, Any]) -> dict[str, dict[str, list[tuple[int
         for method in TRAINED_METHODS:
             points = sorted(((row["training"]["instances"], row) for row in rows if row["method"] == method
                              and row["training"] is not None and "instances" in row["training"]
-                             and "started_from" not in row["training"]),
+                             and "started_from" not in row["training"] and not row["training"].get("stopped_by")),
                             key=lambda point: point[0])
             if len({n for n, _ in points}) >= 2:
                 by_method[method] = points

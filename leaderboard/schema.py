@@ -19,7 +19,7 @@ from jsonschema.exceptions import best_match
 from absence_tasks.schema import atomic_write_text
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
-SCHEMA_VERSION = "1.6"  # what `save` writes; schema.json also reads the older versions it lists
+SCHEMA_VERSION = "1.7"  # what `save` writes; schema.json also reads the older versions it lists
 # The tasks whose mean F1 is a row's `average` (upstream's "Average"; lm-eval's `absencebench` group).
 OMISSION_TASKS = ("absence_numerical", "absence_poetry", "absence_github_prs")
 # The methods a measured row can have, in the page's order: the trained ones are the trainers' names.

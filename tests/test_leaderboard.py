@@ -209,7 +209,7 @@ def test_publish_scores_the_oracle_one_and_the_empty_model_zero(lm_eval_runs, tm
     assert oracle["lm_eval_version"] == "0.4.13"
     assert oracle["source"] == str(results_file(lm_eval_runs["absence-oracle"]))
     assert (oracle["training"], oracle["checkpoint_sha256"]) == (None, None)
-    assert "valid (schema 1.6, 2 rows" in cli("validate", board, cwd=tmp_path).stdout
+    assert "valid (schema 1.7, 2 rows" in cli("validate", board, cwd=tmp_path).stdout
 
 
 def test_a_family_of_comparisons_gets_holm_adjusted_p_values_built_up_run_by_run(lm_eval_runs, tmp_path):
@@ -297,14 +297,16 @@ def test_training_budget_method_and_weight_hash_come_from_the_checkpoint(lm_eval
     (checkpoint / "config.json").write_text("{}")
     # A model card as the trainers write it: a summary, then the full record in a JSON block.
     record = {"method": "sft", "compute": {"instances_trained": 16, "tokens_trained": 1234, "tokens_forward_only": 0,
-                                           "flops": 7.4e9, "train_seconds": 40.25},
+                                           "flops": 7.4e9, "train_seconds": 40.25, "stopped_by": ["max_train_seconds"]},
               "wall_seconds_last_session": 42.5, "data": {"sha256": "0" * 64}}
     card = "# my-sft-model\n\n| method | sft |\n\n## Full record\n\n```json\n" + json.dumps(record) + "\n```\n"
     (checkpoint / "README.md").write_text(card)
     board = tmp_path / "leaderboard.json"
     (row,) = publish([lm_eval_runs["absence-oracle"]], board, checkpoint=checkpoint)
     assert (row["model"], row["method"]) == ("my-sft-model", "sft")
-    assert row["training"] == {"instances": 16, "tokens": 1234, "flops": 7.4e9, "wall_seconds": 40.25}
+    assert row["training"] == {"instances": 16, "tokens": 1234, "flops": 7.4e9, "wall_seconds": 40.25,
+                               "stopped_by": ["max_train_seconds"]}
+    assert load(board)["rows"][0]["training"] == row["training"]  # valid under the schema, as saved
     first_hash = row["checkpoint_sha256"]
     assert first_hash == checkpoint_sha256(checkpoint) and len(first_hash) == 64
     (checkpoint / "README.md").write_text(card + "\nedited\n")  # not a weight file
@@ -437,7 +439,7 @@ def test_the_json_schema_accepts_exactly_the_methods_the_code_names():
      "rows[0].tasks.absence_poetry.f1.value", "1.5 is greater than the maximum of 1"),
     (lambda d: d["rows"][0].update(method="magic"), "rows[0].method", "'magic' is not one of"),
     (lambda d: d["rows"][0].pop("suite"), "rows[0]", "'suite' is a required property"),
-    (lambda d: d.update(schema_version="2.0"), "schema_version", "'2.0' is not one of ['1.0', '1.1', '1.2', '1.3', '1.4', '1.5', '1.6']"),
+    (lambda d: d.update(schema_version="2.0"), "schema_version", "'2.0' is not one of ['1.0', '1.1', '1.2', '1.3', '1.4', '1.5', '1.6', '1.7']"),
     (lambda d: d["rows"][0].update(method="reported", backend=None), "rows[0].per_instance", "not allowed here"),
     (lambda d: d["rows"].append(dict(d["rows"][0])), "rows[1]", "a second row for m@zero-shot@s1"),
     (lambda d: d.update(comparisons=[{
@@ -462,7 +464,7 @@ def test_a_version_1_0_file_is_read_and_written_back_at_the_current_version(tmp_
     old["schema_version"] = "1.0"  # 1.0 had no training.instances; its rows are valid 1.1 rows
     board.write_text(json.dumps(old))
     save(board, load(board))
-    assert json.loads(board.read_text())["schema_version"] == "1.6"
+    assert json.loads(board.read_text())["schema_version"] == "1.7"
 
 
 def test_an_invalid_document_is_never_written_and_validate_reports_it(tmp_path):

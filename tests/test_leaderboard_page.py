@@ -118,6 +118,10 @@ def test_a_data_efficiency_series_gets_its_table_and_curve(board, tmp_path):
         for method in ("sft", "contrastive"):
             doc["rows"].append(_row(f"base-{method}-n{instances}", method, scores, average, training={
                 "instances": instances, "tokens": 1000 * instances, "flops": 1e12 * instances, "wall_seconds": 60.0}))
+    # A contrastive variant that a FLOP budget stopped after 20 instances: 20 is where the budget fell, not a
+    # data size, so it is no point of the series either (one row per variant at equal FLOPs is no curve).
+    doc["rows"].append(_row("base-contrastive-gap-only", "contrastive", scores, (0.05, 0.0, 0.1), training={
+        "instances": 20, "tokens": 20000, "flops": 2e13, "wall_seconds": 60.0, "stopped_by": ["compute_budget_flops"]}))
     # SFT continued from a trained checkpoint: its 16 instances are on top of that checkpoint's, not from the
     # base model, so it is no point of the series.
     doc["rows"].append(_row("base-sft-continued", "sft", scores, (0.3, 0.2, 0.4), training={

@@ -66,7 +66,7 @@ def test_add_probe_stores_it_in_one_row_and_the_page_shows_a_column(board, tmp_p
     doc = load(board)
     rows = {row["model"]: row for row in doc["rows"]}
     assert rows["base"]["probe"] == probe_entry(SUMMARY) and "probe" not in rows["tuned"]
-    assert doc["schema_version"] == "1.6"
+    assert doc["schema_version"] == "1.7"
     table = markdown(doc)
     header = next(line for line in table.splitlines() if line.startswith("| #"))
     assert "Gap probe AUROC" in header
