@@ -14,7 +14,8 @@ lm-eval 0.4.13 has no task plugins either. `absence-lm-eval` adds them the way l
 proposal would: every installed package declared under the `lm_eval.tasks` entry-point group (this
 project's `task_configs` among them) is indexed after lm-eval's own tasks and before any
 `--include_path`, so the AbsenceBench tasks need no `--include_path` and a user's folder still wins
-on a name clash.
+on a name clash. A run of this project's tasks alone leaves lm-eval's own out of the index, which
+saves ~6 s of every start-up.
 """
 
 from __future__ import annotations
@@ -85,13 +86,27 @@ def plugin_task_dirs() -> list[Path]:
 
 
 class PluginTaskManager(lm_eval.tasks.TaskManager):
-    """lm-eval's TaskManager that also indexes `plugin_task_dirs()`, before any `include_path`."""
+    """lm-eval's TaskManager that also indexes `plugin_task_dirs()`, before any `include_path`; lm-eval's own
+    tasks only while `index_builtin_tasks` is true (`main` clears it for a run of this project's tasks alone)."""
 
-    def __init__(self, *args, include_path=None, **kwargs) -> None:
+    index_builtin_tasks = True
+
+    def __init__(self, *args, include_path=None, include_defaults=True, **kwargs) -> None:
         given = [] if include_path is None else include_path if isinstance(include_path, (list, tuple)) else [include_path]
         plugins = plugin_task_dirs()
         given = [p for p in given if Path(p).resolve() not in plugins]
-        super().__init__(*args, include_path=[*plugins, *given], **kwargs)
+        super().__init__(*args, include_path=[*plugins, *given],
+                         include_defaults=include_defaults and PluginTaskManager.index_builtin_tasks, **kwargs)
+
+
+def only_project_tasks(names: list[str] | None) -> bool:
+    """True when every name asked for is a task, group or tag of this project's task folder. Their YAMLs name
+    no lm-eval task, so such a run needs no index of lm-eval's own ~15,000, which costs ~6 s of every start-up
+    (measured on the 2-core machine: 6.4 s against 0.01 s for this folder alone)."""
+    if not names:  # a --config file's tasks, or a subcommand without tasks (ls, validate)
+        return False
+    own = lm_eval.tasks.TaskManager(include_defaults=False, include_path=str(task_config_dir()))
+    return set(names) <= set(own.all_tasks)
 
 
 def _model_args(argv: list[str]) -> dict[str, str]:
@@ -172,7 +187,8 @@ def main() -> None:
     indexed, and one-line errors for a `pretrained=` path that is not a model, an API server that is
     down or answers garbage, or a bad data file."""
     import requests
-    from lm_eval.__main__ import cli_evaluate
+    from lm_eval._cli.harness import HarnessCLI
+    from lm_eval.utils import setup_logging
 
     from absence_tasks.models import load_checkpoint_or_die
 
@@ -187,8 +203,12 @@ def main() -> None:
             load_checkpoint_or_die(path)
         if "base_url" in model_args:
             check_api_server(model_args["base_url"], model_args.get("model", ""), model_args.get("auth_token"))
-        try:
-            cli_evaluate()
+        try:  # what lm_eval.__main__.cli_evaluate does, with the tasks known before the index is built
+            setup_logging()
+            parser = HarnessCLI()
+            args = parser.parse_args()
+            PluginTaskManager.index_builtin_tasks = not only_project_tasks(getattr(args, "tasks", None))
+            parser.execute(args)
         except requests.RequestException as e:  # the server went away during the run
             raise DataError(f"the API server stopped answering ({type(e).__name__})") from None
 

@@ -192,6 +192,17 @@ def test_absence_lm_eval_indexes_the_plugin_task_folder_beside_a_users_include_p
     assert "absence_poetry" not in plain
 
 
+def test_lm_evals_own_tasks_are_indexed_only_when_a_run_asks_for_one_of_them():
+    from absence_tasks.lm_eval_models import only_project_tasks
+
+    assert only_project_tasks(["absencebench", "absencebench_placeholder", "absence_poetry_pass_at_k"])
+    # One of lm-eval's own tasks, a task of a user's --include_path, or tasks from a --config file (None): the
+    # full index, as plain lm_eval builds it.
+    assert not only_project_tasks(["absence_poetry", "hellaswag"])
+    assert not only_project_tasks(["my_own_task"])
+    assert not only_project_tasks(None) and not only_project_tasks([])
+
+
 def lock_file_diff(k: int, n_lines: int) -> Instance:
     """A lock-file diff: base64 hashes run near one token per character (a third of it was the old
     estimate), every third changed line omitted."""
